@@ -1,0 +1,61 @@
+"""The alignment core: pure torch, no fairseq.
+
+An engine computes, in one call, the per-token losses of a batch (with their graph) and the
+alignments <grad l_i, g_c> of its examples or tokens with a fixed direction g_c. All engines
+give the same numbers; they differ in cost.
+"""
+
+from __future__ import annotations
+
+from typing import Dict
+
+from .core import (
+    GRANULARITIES,
+    AlignedLoss,
+    Engine,
+    TokenLossFn,
+    gradient,
+    substituted_parameters,
+    trainable_parameters,
+    units,
+)
+from .jvp import jvp_aligned_loss
+from .loop import loop_aligned_loss
+from .mask import SIMILARITIES, mask_from_scores, similarity
+from .vmap import vmap_aligned_loss
+
+ENGINES: Dict[str, Engine] = {
+    "loop": loop_aligned_loss,
+    "vmap": vmap_aligned_loss,
+    "jvp": jvp_aligned_loss,
+}
+
+
+def get_engine(name: str) -> Engine:
+    """The engine registered under ``name``; a clear error for an unknown one."""
+    try:
+        return ENGINES[name]
+    except KeyError:
+        raise ValueError(
+            f"unknown alignment engine {name!r}; choose one of {sorted(ENGINES)}"
+        ) from None
+
+
+__all__ = [
+    "ENGINES",
+    "GRANULARITIES",
+    "SIMILARITIES",
+    "AlignedLoss",
+    "Engine",
+    "TokenLossFn",
+    "get_engine",
+    "gradient",
+    "jvp_aligned_loss",
+    "loop_aligned_loss",
+    "mask_from_scores",
+    "similarity",
+    "substituted_parameters",
+    "trainable_parameters",
+    "units",
+    "vmap_aligned_loss",
+]

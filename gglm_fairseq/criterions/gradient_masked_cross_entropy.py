@@ -1,0 +1,350 @@
+"""Label-smoothed cross-entropy masked by gradient alignment with a clean batch (GGLM).
+
+The task (``translation_with_clean_set``) hands this criterion the clean gradient of the
+update through :meth:`begin_step`; the alignment math lives in :mod:`gglm_fairseq.alignment`.
+"""
+
+
+import logging
+import math
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional, Tuple
+
+import torch
+from fairseq import utils
+from fairseq.criterions import register_criterion
+from fairseq.criterions.label_smoothed_cross_entropy import (
+    LabelSmoothedCrossEntropyCriterion,
+    LabelSmoothedCrossEntropyCriterionConfig,
+    label_smoothed_nll_loss,
+)
+from fairseq.dataclass import ChoiceEnum
+from fairseq.logging import metrics
+from torch import Tensor, nn
+
+from gglm_fairseq.alignment import (
+    AlignedLoss,
+    get_engine,
+    mask_from_scores,
+    similarity,
+)
+
+logger = logging.getLogger(__name__)
+
+ENGINE_CHOICES = ChoiceEnum(["auto", "jvp", "vmap", "loop"])
+
+
+@dataclass
+class CleanGradient:
+    """The clean-batch gradient of one update, as the task hands it over."""
+
+    direction: Optional[List[Tensor]]  # one tensor per trainable parameter; None if non-finite
+    loss: float  # the clean batch's mean per-token loss (nats)
+    update_num: int  # the update at which it was computed
+
+
+@dataclass
+class GradientMaskedCrossEntropyConfig(LabelSmoothedCrossEntropyCriterionConfig):
+    gglm_engine: ENGINE_CHOICES = field(
+        default="auto",
+        metadata={
+            "help": "how alignments are computed (all exact): jvp = forward-mode, one "
+            "forward; vmap = torch.func per-sample gradients; loop = one backward per "
+            "example; auto = jvp, or vmap where jvp cannot run"
+        },
+    )
+    gglm_vmap_chunk_size: int = field(
+        default=16,
+        metadata={"help": "examples (or tokens) per vmap chunk; memory ~ chunk x params"},
+    )
+    gglm_granularity: ChoiceEnum(["sentence", "token"]) = field(
+        default="sentence",
+        metadata={"help": "mask whole sentences or single target tokens"},
+    )
+    gglm_similarity: ChoiceEnum(["dot", "cosine"]) = field(
+        default="dot",
+        metadata={
+            "help": "threshold the dot product <grad l_i, g_clean> or its cosine (cosine "
+            "with a non-zero threshold needs per-example gradient norms: vmap or loop)"
+        },
+    )
+    gglm_threshold: float = field(
+        default=0.0,
+        metadata={"help": "keep an example (token) when its similarity is above this"},
+    )
+    gglm_warmup_updates: int = field(
+        default=0,
+        metadata={"help": "train unmasked for this many updates before masking starts"},
+    )
+    gglm_interval: int = field(
+        default=1,
+        metadata={"help": "after warm-up, mask on every K-th update; plain in between"},
+    )
+    gglm_clean_grad_interval: int = field(
+        default=1,
+        metadata={"help": "recompute the clean gradient every K updates, reuse in between"},
+    )
+    gglm_alignment_without_dropout: bool = field(
+        default=False,
+        metadata={
+            "help": "compute alignments in a separate pass with dropout off (costs a "
+            "forward); by default they come from the training forward itself, so the mask "
+            "judges the same dropout noise as the loss it masks"
+        },
+    )
+    gglm_no_renormalize: bool = field(
+        default=False,
+        metadata={
+            "help": "normalise the masked loss by all target tokens (sentences with "
+            "--sentence-avg) instead of the unmasked ones"
+        },
+    )
+
+
+@register_criterion("gradient_masked_cross_entropy", dataclass=GradientMaskedCrossEntropyConfig)
+class GradientMaskedCrossEntropyCriterion(LabelSmoothedCrossEntropyCriterion):
+    def __init__(self, task: Any, cfg: GradientMaskedCrossEntropyConfig) -> None:
+        super().__init__(
+            task,
+            cfg.sentence_avg,
+            cfg.label_smoothing,
+            ignore_prefix_size=cfg.ignore_prefix_size,
+            report_accuracy=cfg.report_accuracy,
+        )
+        for name in ("gglm_interval", "gglm_clean_grad_interval", "gglm_vmap_chunk_size"):
+            if getattr(cfg, name) < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be >= 1")
+        if cfg.gglm_warmup_updates < 0:
+            raise ValueError("--gglm-warmup-updates must be >= 0")
+        self.cfg = cfg
+        self.engine_name = str(cfg.gglm_engine)
+        if self.engine_name != "auto":
+            get_engine(self.engine_name)  # fail at start-up on a bad name
+        self.granularity = str(cfg.gglm_granularity)
+        self.similarity = str(cfg.gglm_similarity)
+        self.needs_norms = self.similarity == "cosine" and cfg.gglm_threshold != 0.0
+        if self.needs_norms and self.engine_name == "jvp":
+            raise ValueError(
+                "--gglm-similarity cosine with a non-zero --gglm-threshold needs gradient "
+                "norms, which the jvp engine does not compute: use --gglm-engine vmap or loop"
+            )
+        self._fallback_warned = False
+        # Set by the task for each training micro-batch (None: plain training).
+        self.clean: Optional[CleanGradient] = None
+        self.record_examples: bool = False
+        self.pending: List[Tuple[Tensor, Tensor, Tensor]] = []
+
+    # --- schedule, asked by the task -------------------------------------------------
+    def masks_update(self, update_num: int) -> bool:
+        """Whether update ``update_num`` is trained on the masked loss."""
+        after_warmup = update_num - self.cfg.gglm_warmup_updates
+        return after_warmup >= 0 and after_warmup % self.cfg.gglm_interval == 0
+
+    def begin_step(self, clean: Optional[CleanGradient], record_examples: bool) -> None:
+        """Mask the coming micro-batches with ``clean`` (None: plain training)."""
+        self.clean = clean
+        self.record_examples = record_examples
+
+    def end_step(self) -> None:
+        self.clean = None
+
+    # --- losses -----------------------------------------------------------------------
+    def token_losses(
+        self, model: nn.Module, sample: Dict[str, Any]
+    ) -> Tuple[Tensor, Dict[str, Tensor]]:
+        """Per-token label-smoothed losses (B, T) and detached extras for logging: the
+        per-token NLL (B, T) and, with --report-accuracy, the correct/total counts."""
+        net_output = model(**sample["net_input"])
+        lprobs, target = self.get_lprobs_and_target(model, net_output, sample)
+        loss, nll_loss = label_smoothed_nll_loss(
+            lprobs, target, self.eps, ignore_index=self.padding_idx, reduce=False
+        )
+        rows = sample["target"].size(0)
+        extras = {"nll": nll_loss.detach().view(rows, -1)}
+        if self.report_accuracy:
+            keep = target.ne(self.padding_idx)
+            predicted = lprobs.detach().argmax(1)
+            extras["n_correct"] = predicted.masked_select(keep).eq(target.masked_select(keep)).sum()
+            extras["total"] = keep.sum()
+        return loss.view(rows, -1), extras
+
+    def _target_mask(self, sample: Dict[str, Any]) -> Tensor:
+        target = sample["target"][:, self.ignore_prefix_size :]
+        return target.ne(self.padding_idx)
+
+    def _aligned_loss(self, model: nn.Module, sample: Dict[str, Any]) -> AlignedLoss:
+        kwargs: Dict[str, Any] = dict(granularity=self.granularity, with_norms=self.needs_norms)
+        name = self.engine_name
+        if name == "auto":
+            name = "vmap" if self.needs_norms else "jvp"
+        if name == "vmap":
+            kwargs["chunk_size"] = self.cfg.gglm_vmap_chunk_size
+        direction = self.clean.direction
+        try:
+            if not self.cfg.gglm_alignment_without_dropout:
+                return get_engine(name)(model, self.token_losses, sample, direction, **kwargs)
+            was_training = model.training
+            model.eval()
+            try:
+                alignment = get_engine(name)(model, self.token_losses, sample, direction, **kwargs)
+            finally:
+                model.train(was_training)
+            losses, extras = self.token_losses(model, sample)
+            return AlignedLoss(losses, alignment.alignment, alignment.gradient_norm, extras)
+        except (NotImplementedError, RuntimeError) as error:
+            if self.engine_name != "auto" or name != "jvp" or "forward" not in str(error).lower():
+                raise
+            if not self._fallback_warned:
+                logger.warning(
+                    "gglm: forward-mode AD failed on this model (%s); using the vmap engine",
+                    error,
+                )
+                self._fallback_warned = True
+            self.engine_name = "vmap"
+            return self._aligned_loss(model, sample)
+
+    def forward(self, model: nn.Module, sample: Dict[str, Any], reduce: bool = True):
+        target_mask = self._target_mask(sample)
+        ntokens = sample["ntokens"]
+        nsentences = sample["target"].size(0)
+        clean = self.clean if model.training else None
+        direction = clean.direction if clean is not None else None
+        if direction is None:
+            token_losses, extras = self.token_losses(model, sample)
+            mask = torch.ones_like(token_losses)
+            alignment = None
+        else:
+            aligned = self._aligned_loss(model, sample)
+            token_losses, extras = aligned.token_losses, aligned.extras
+            scores = similarity(
+                aligned.alignment, self.similarity, aligned.gradient_norm, direction
+            )
+            unit_mask = mask_from_scores(scores, self.cfg.gglm_threshold)
+            mask = unit_mask.unsqueeze(1) if self.granularity == "sentence" else unit_mask
+            mask = mask.expand_as(token_losses).to(token_losses.dtype) * target_mask
+            alignment = aligned.alignment
+        kept_tokens = (mask * target_mask).sum()
+        kept_sentences = (mask.sum(dim=1) > 0).sum()
+        masked_loss = (token_losses * mask).sum()
+        if self.sentence_avg:
+            full_size, kept_size = nsentences, kept_sentences
+        else:
+            full_size, kept_size = ntokens, kept_tokens
+        sample_size = full_size
+        if direction is not None and not self.cfg.gglm_no_renormalize:
+            sample_size = utils.item(kept_size)
+
+        logging_output = {
+            "loss": token_losses.detach().sum().data,
+            "nll_loss": extras["nll"].sum().data,
+            "masked_loss": masked_loss.detach().data,
+            "ntokens": ntokens,
+            "nsentences": nsentences,
+            "sample_size": sample_size,
+            "gglm_active": 0,
+            "gglm_clean_nonfinite": int(clean is not None and direction is None),
+            "gglm_sentences": 0,
+            "gglm_sentences_masked": 0,
+            "gglm_tokens": 0,
+            "gglm_tokens_masked": 0,
+            "gglm_clean_loss": 0.0,
+            "gglm_alignment_sum": 0.0,
+            "gglm_alignment_count": 0,
+            "gglm_alignment_min": math.inf,
+            "gglm_alignment_max": -math.inf,
+        }
+        if alignment is not None:
+            sentence_alignment = alignment if alignment.dim() == 1 else alignment.sum(dim=1)
+            token_counts = target_mask.sum(dim=1)
+            masked_fraction = 1.0 - (mask.sum(dim=1) / token_counts.clamp_min(1))
+            values = alignment if alignment.dim() == 1 else alignment[target_mask]
+            logging_output.update(
+                gglm_active=1,
+                gglm_sentences=nsentences,
+                gglm_sentences_masked=utils.item((mask.sum(dim=1) == 0).sum()),
+                gglm_tokens=ntokens,
+                gglm_tokens_masked=ntokens - utils.item(kept_tokens),
+                gglm_clean_loss=clean.loss,
+                gglm_alignment_sum=utils.item(values.sum()),
+                gglm_alignment_count=values.numel(),
+                gglm_alignment_min=utils.item(values.min()) if values.numel() else math.inf,
+                gglm_alignment_max=utils.item(values.max()) if values.numel() else -math.inf,
+            )
+            if self.record_examples:
+                self.pending.append(
+                    (sample["id"].detach().cpu(), sentence_alignment.cpu(), masked_fraction.cpu())
+                )
+        if self.report_accuracy:
+            logging_output["n_correct"] = utils.item(extras["n_correct"])
+            logging_output["total"] = utils.item(extras["total"])
+        return masked_loss, sample_size, logging_output
+
+    def take_pending(self) -> List[Tuple[Tensor, Tensor, Tensor]]:
+        """The per-example decisions since the last call, for the task's record."""
+        pending, self.pending = self.pending, []
+        return pending
+
+    # --- metrics ----------------------------------------------------------------------
+    @classmethod
+    def reduce_metrics(cls, logging_outputs: List[Dict[str, Any]]) -> None:
+        def total(key: str) -> float:
+            return utils.item(sum(log.get(key, 0) for log in logging_outputs))
+
+        ntokens = total("ntokens")
+        sample_size = total("sample_size")
+        # loss and nll_loss are the unmasked losses per token, comparable with plain
+        # label_smoothed_cross_entropy; masked_loss is what the update was trained on.
+        metrics.log_scalar("loss", total("loss") / max(ntokens, 1) / math.log(2), ntokens, round=3)
+        metrics.log_scalar(
+            "nll_loss", total("nll_loss") / max(ntokens, 1) / math.log(2), ntokens, round=3
+        )
+        metrics.log_derived("ppl", lambda meters: utils.get_perplexity(meters["nll_loss"].avg))
+        metrics.log_scalar(
+            "masked_loss", total("masked_loss") / max(sample_size, 1) / math.log(2),
+            sample_size, round=3,
+        )
+        nonfinite = total("gglm_clean_nonfinite")
+        if nonfinite:
+            metrics.log_scalar("gglm_clean_nonfinite", nonfinite, round=0)
+        active = total("gglm_active")
+        metrics.log_scalar("gglm_active", active / max(len(logging_outputs), 1), round=3)
+        sentences = total("gglm_sentences")
+        tokens = total("gglm_tokens")
+        if sentences > 0:
+            metrics.log_scalar(
+                "gglm_masked_sent", total("gglm_sentences_masked") / sentences, sentences, round=3
+            )
+            metrics.log_scalar(
+                "gglm_masked_tok", total("gglm_tokens_masked") / tokens, tokens, round=3
+            )
+            metrics.log_scalar("gglm_clean_loss", total("gglm_clean_loss") / active / math.log(2),
+                               active, round=3)
+            count = total("gglm_alignment_count")
+            if count > 0:
+                metrics.log_scalar(
+                    "gglm_align_mean", total("gglm_alignment_sum") / count, count, round=4
+                )
+                metrics.log_scalar(
+                    "gglm_align_min",
+                    min(log.get("gglm_alignment_min", math.inf) for log in logging_outputs),
+                    round=4,
+                )
+                metrics.log_scalar(
+                    "gglm_align_max",
+                    max(log.get("gglm_alignment_max", -math.inf) for log in logging_outputs),
+                    round=4,
+                )
+        for key in ("n_correct", "total"):
+            value = total(key)
+            if value:
+                metrics.log_scalar(key, value)
+        if total("total") > 0:
+            metrics.log_derived(
+                "accuracy",
+                lambda meters: round(meters["n_correct"].sum * 100.0 / meters["total"].sum, 3),
+            )
+
+    @staticmethod
+    def logging_outputs_can_be_summed() -> bool:
+        # alignment min/max are not sums: fairseq gathers the per-batch outputs instead.
+        return False

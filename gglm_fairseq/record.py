@@ -1,0 +1,112 @@
+"""Per-example record of what GGLM decided: times seen, times masked, alignments.
+
+Indexed by the dataset's example id. ``masked`` counts whole-sentence masks at sentence
+granularity and the masked fraction of the sentence's tokens at token granularity, so
+``masked / seen`` is a mask rate in both cases. Each example is counted at most once per
+update, so an update that fairseq re-runs (AMP overflow) is not counted twice.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from typing import Dict, Iterable
+
+import numpy as np
+
+RECORD_FILE = "gglm_record.npz"
+_FIELDS = {
+    "seen": np.int64,
+    "masked": np.float64,
+    "alignment_sum": np.float64,
+    "alignment_last": np.float64,
+    "last_update": np.int64,
+}
+
+
+class ExampleRecord:
+    def __init__(self, size: int = 0) -> None:
+        self.arrays: Dict[str, np.ndarray] = {
+            name: np.zeros(size, dtype=dtype) for name, dtype in _FIELDS.items()
+        }
+        self.arrays["last_update"][:] = -1
+        self.update_num = 0
+
+    def __len__(self) -> int:
+        return len(self.arrays["seen"])
+
+    def __getattr__(self, name: str) -> np.ndarray:
+        arrays = self.__dict__.get("arrays", {})
+        if name in arrays:
+            return arrays[name]
+        raise AttributeError(name)
+
+    def _grow(self, size: int) -> None:
+        if size <= len(self):
+            return
+        size = max(size, 2 * len(self))
+        for name, array in self.arrays.items():
+            grown = np.zeros(size, dtype=array.dtype)
+            if name == "last_update":
+                grown[:] = -1
+            grown[: len(array)] = array
+            self.arrays[name] = grown
+
+    def update(
+        self,
+        ids: Iterable[int],
+        alignments: Iterable[float],
+        mask_fractions: Iterable[float],
+        update_num: int,
+    ) -> None:
+        """Count one decision per example: its sentence alignment and masked fraction."""
+        ids = np.asarray(list(ids), dtype=np.int64)
+        if ids.size == 0:
+            return
+        alignments = np.asarray(list(alignments), dtype=np.float64)
+        masked = np.asarray(list(mask_fractions), dtype=np.float64)
+        self._grow(int(ids.max()) + 1)
+        fresh = self.last_update[ids] != update_num
+        ids, alignments, masked = ids[fresh], alignments[fresh], masked[fresh]
+        np.add.at(self.seen, ids, 1)
+        np.add.at(self.masked, ids, masked)
+        np.add.at(self.alignment_sum, ids, alignments)
+        self.alignment_last[ids] = alignments
+        self.last_update[ids] = update_num
+        self.update_num = max(self.update_num, update_num)
+
+    def mask_rate(self) -> np.ndarray:
+        """masked / seen, NaN for examples never seen."""
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(self.seen > 0, self.masked / np.maximum(self.seen, 1), np.nan)
+
+    def alignment_mean(self) -> np.ndarray:
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(
+                self.seen > 0, self.alignment_sum / np.maximum(self.seen, 1), np.nan
+            )
+
+    def save(self, path: str) -> None:
+        """Write atomically: a reader sees the old file or the new one, never half."""
+        directory = os.path.dirname(os.path.abspath(path))
+        os.makedirs(directory, exist_ok=True)
+        handle, tmp = tempfile.mkstemp(dir=directory, prefix=".gglm_record.", suffix=".npz")
+        try:
+            with os.fdopen(handle, "wb") as f:
+                np.savez(f, update_num=np.int64(self.update_num), **self.arrays)
+            os.replace(tmp, path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+
+    @classmethod
+    def load(cls, path: str) -> ExampleRecord:
+        with np.load(path) as data:
+            missing = [name for name in _FIELDS if name not in data]
+            if missing:
+                raise ValueError(f"{path}: not a GGLM record (missing {missing})")
+            record = cls()
+            record.arrays = {name: data[name].astype(dtype) for name, dtype in _FIELDS.items()}
+            record.update_num = int(data["update_num"])
+        return record

@@ -1,0 +1,28 @@
+"""gglm-fairseq: Gradient-guided Loss Masking (Wang et al. 2021) as a fairseq plugin."""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="gglm_fairseq",
+    version="0.1.0",
+    description="Gradient-guided Loss Masking for noisy-data NMT, as a fairseq --user-dir plugin",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    license="MIT",
+    python_requires=">=3.8",
+    packages=find_packages(include=["gglm_fairseq", "gglm_fairseq.*"]),
+    # torch and fairseq are installed first by scripts/setup.sh (fairseq-fixed needs
+    # --no-build-isolation, and a bare "torch" requirement would pull a CUDA build here).
+    install_requires=[
+        "numpy",
+        "sacrebleu>=2.0",
+        "sentencepiece",
+        "hydra-core>=1.0.7",
+    ],
+    extras_require={"test": ["pytest", "ruff"], "plots": ["matplotlib"]},
+    entry_points={
+        "console_scripts": [
+            "gglm-user-dir=gglm_fairseq.cli:print_user_dir",
+        ]
+    },
+)

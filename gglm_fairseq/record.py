@@ -4,13 +4,16 @@ Indexed by the dataset's example id. ``masked`` counts whole-sentence masks at s
 granularity and the masked fraction of the sentence's tokens at token granularity, so
 ``masked / seen`` is a mask rate in both cases. Each example is counted at most once per
 update, so an update that fairseq re-runs (AMP overflow) is not counted twice.
+
+``history`` keeps one row per recorded update: (update, sentences seen, masked sentences or
+token fractions summed), for plots of the mask rate over training.
 """
 
 from __future__ import annotations
 
 import os
 import tempfile
-from typing import Dict, Iterable
+from typing import Dict, Iterable, List
 
 import numpy as np
 
@@ -31,6 +34,7 @@ class ExampleRecord:
         }
         self.arrays["last_update"][:] = -1
         self.update_num = 0
+        self._history: List[List[float]] = []
 
     def __len__(self) -> int:
         return len(self.arrays["seen"])
@@ -74,6 +78,16 @@ class ExampleRecord:
         self.alignment_last[ids] = alignments
         self.last_update[ids] = update_num
         self.update_num = max(self.update_num, update_num)
+        if self._history and self._history[-1][0] == update_num:
+            self._history[-1][1] += len(ids)
+            self._history[-1][2] += float(masked.sum())
+        else:
+            self._history.append([update_num, len(ids), float(masked.sum())])
+
+    @property
+    def history(self) -> np.ndarray:
+        """(updates, 3): update number, sentences recorded, masked (fractions summed)."""
+        return np.asarray(self._history, dtype=np.float64).reshape(-1, 3)
 
     def mask_rate(self) -> np.ndarray:
         """masked / seen, NaN for examples never seen."""
@@ -93,7 +107,9 @@ class ExampleRecord:
         handle, tmp = tempfile.mkstemp(dir=directory, prefix=".gglm_record.", suffix=".npz")
         try:
             with os.fdopen(handle, "wb") as f:
-                np.savez(f, update_num=np.int64(self.update_num), **self.arrays)
+                np.savez(
+                    f, update_num=np.int64(self.update_num), history=self.history, **self.arrays
+                )
             os.replace(tmp, path)
         except BaseException:
             if os.path.exists(tmp):
@@ -109,4 +125,6 @@ class ExampleRecord:
             record = cls()
             record.arrays = {name: data[name].astype(dtype) for name, dtype in _FIELDS.items()}
             record.update_num = int(data["update_num"])
+            if "history" in data:
+                record._history = data["history"].tolist()
         return record

@@ -138,6 +138,8 @@ class TranslationWithCleanSetTask(TranslationTask):
                     f"fairseq-preprocess --validpref VALID,CLEAN and rename valid1.* to "
                     f"{self.cfg.clean_subset}.*, or set --clean-subset/--clean-data)"
                 )
+            if os.path.getsize(prefix + lang + ".bin") == 0:
+                raise CleanSetError(f"clean split is empty: {prefix}{lang}.bin")
             dict_file = os.path.join(directory, f"dict.{lang}.txt")
             train_dict_file = os.path.join(utils.split_paths(self.cfg.data)[0], f"dict.{lang}.txt")
             if (

@@ -1,0 +1,148 @@
+"""The criterion on real fairseq batches: masking, sample size, logging, schedule."""
+
+import math
+
+import pytest
+import torch
+from helpers import build, train_args
+
+from gglm_fairseq.criterions import CleanGradient
+
+
+def setup(data_bin, tmp_path, *extra):
+    task, model, criterion = build(train_args(data_bin, tmp_path / "ckpt", *extra))
+    iterator = task.get_batch_iterator(
+        task.dataset("train"), max_tokens=400, seed=1, num_workers=0
+    ).next_epoch_itr(shuffle=False)
+    sample = next(iterator)
+    model.train()
+    clean = task.clean_gradient(model, criterion, 0)
+    return task, model, criterion, sample, clean
+
+
+def masked_forward(criterion, model, sample, clean):
+    criterion.begin_step(clean, record_examples=True)
+    try:
+        return criterion(model, sample)
+    finally:
+        criterion.end_step()
+
+
+def random_clean(model, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    direction = [torch.randn(p.shape, generator=generator) for p in model.parameters()]
+    return CleanGradient(direction=direction, loss=1.0, update_num=0)
+
+
+def test_mask_follows_alignment_sign_and_renormalises(data_bin, tmp_path):
+    task, model, criterion, sample, _ = setup(data_bin, tmp_path, "--dropout", "0")
+    clean = random_clean(model)  # a random direction masks about half the sentences
+    loss, sample_size, log = masked_forward(criterion, model, sample, clean)
+    ids, alignment, masked = criterion.take_pending()[0]
+    assert torch.equal(ids, sample["id"])
+    assert torch.equal(masked, (alignment <= 0).double().to(masked.dtype))
+    assert 0 < log["gglm_sentences_masked"] < sample["nsentences"]
+    keep = (alignment > 0).float()
+    tokens = sample["target"].ne(task.target_dictionary.pad()).sum(1).float()
+    assert sample_size == int((keep * tokens).sum())
+    assert log["gglm_tokens_masked"] == sample["ntokens"] - sample_size
+    model.eval()
+    with torch.no_grad():
+        losses, _ = criterion.token_losses(model, sample)
+    assert loss.item() == pytest.approx((losses.sum(1) * keep).sum().item(), rel=1e-5)
+    assert log["loss"].item() == pytest.approx(losses.sum().item(), rel=1e-5)
+
+
+def test_no_renormalize_keeps_all_tokens(data_bin, tmp_path):
+    _, model, criterion, sample, _ = setup(data_bin, tmp_path, "--gglm-no-renormalize")
+    _, sample_size, log = masked_forward(criterion, model, sample, random_clean(model))
+    assert log["gglm_sentences_masked"] > 0
+    assert sample_size == sample["ntokens"]
+
+
+def test_all_masked_gives_zero_loss_and_no_nan(data_bin, tmp_path):
+    _, model, criterion, sample, clean = setup(data_bin, tmp_path, "--gglm-threshold", "1e9")
+    loss, sample_size, log = masked_forward(criterion, model, sample, clean)
+    assert loss.item() == 0.0 and sample_size == 0
+    loss.backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+    assert log["gglm_sentences_masked"] == sample["nsentences"]
+    assert log["gglm_tokens_masked"] == sample["ntokens"]
+    criterion.reduce_metrics([log])  # must not divide by zero
+
+
+def test_token_granularity_masks_tokens(data_bin, tmp_path):
+    _, model, criterion, sample, clean = setup(
+        data_bin, tmp_path, "--gglm-granularity", "token", "--dropout", "0"
+    )
+    _, sample_size, log = masked_forward(criterion, model, sample, clean)
+    _, alignment, masked = criterion.take_pending()[0]
+    assert 0 < log["gglm_tokens_masked"] < sample["ntokens"]
+    assert sample_size == sample["ntokens"] - log["gglm_tokens_masked"]
+    assert ((masked > 0) & (masked < 1)).any()  # some sentences partly masked
+
+
+def test_non_finite_clean_gradient_is_counted_and_trains_unmasked(data_bin, tmp_path):
+    _, model, criterion, sample, _ = setup(data_bin, tmp_path)
+    bad = CleanGradient(direction=None, loss=math.nan, update_num=0)
+    loss, sample_size, log = masked_forward(criterion, model, sample, bad)
+    assert log["gglm_clean_nonfinite"] == 1 and log["gglm_active"] == 0
+    assert sample_size == sample["ntokens"]
+    assert loss.item() == pytest.approx(log["loss"].item())
+
+
+def test_every_micro_batch_emits_the_same_keys(data_bin, tmp_path):
+    _, model, criterion, sample, clean = setup(data_bin, tmp_path)
+    _, _, plain = criterion(model, sample)
+    _, _, masked = masked_forward(criterion, model, sample, clean)
+    assert set(plain) == set(masked)
+    assert plain["gglm_active"] == 0 and masked["gglm_active"] == 1
+
+
+def test_validation_is_never_masked(data_bin, tmp_path):
+    _, model, criterion, sample, clean = setup(data_bin, tmp_path, "--gglm-threshold", "1e9")
+    criterion.begin_step(clean, record_examples=True)
+    model.eval()
+    _, sample_size, log = criterion(model, sample)
+    assert sample_size == sample["ntokens"] and log["gglm_active"] == 0
+
+
+@pytest.mark.parametrize(
+    "warmup, interval, expected",
+    [(0, 1, [1, 1, 1, 1, 1, 1]), (2, 1, [0, 0, 1, 1, 1, 1]), (1, 2, [0, 1, 0, 1, 0, 1])],
+)
+def test_schedule(data_bin, tmp_path, warmup, interval, expected):
+    _, _, criterion = build(
+        train_args(data_bin, tmp_path / "c", "--gglm-warmup-updates", str(warmup),
+                   "--gglm-interval", str(interval))
+    )  # fmt: skip
+    assert [int(criterion.masks_update(u)) for u in range(6)] == expected
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--gglm-interval", "0"], "--gglm-interval must be >= 1"),
+        (["--gglm-warmup-updates", "-1"], "--gglm-warmup-updates must be >= 0"),
+        (["--gglm-engine", "jvp", "--gglm-similarity", "cosine", "--gglm-threshold", "0.1"],
+         "needs gradient norms"),
+    ],
+)  # fmt: skip
+def test_bad_options(data_bin, tmp_path, flags, message):
+    with pytest.raises(ValueError, match=message):
+        build(train_args(data_bin, tmp_path / "c", *flags))
+
+
+def test_unknown_engine_is_rejected_by_the_command_line(data_bin, tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        build(train_args(data_bin, tmp_path / "c", "--gglm-engine", "fast"))
+    assert "invalid choice: 'fast'" in capsys.readouterr().err
+
+
+def test_cosine_with_threshold_uses_vmap_norms(data_bin, tmp_path):
+    _, model, criterion, sample, clean = setup(
+        data_bin, tmp_path, "--gglm-similarity", "cosine", "--gglm-threshold", "0.01",
+        "--dropout", "0",
+    )  # fmt: skip
+    _, _, log = masked_forward(criterion, model, sample, clean)
+    assert log["gglm_active"] == 1 and criterion.needs_norms

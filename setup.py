@@ -19,10 +19,12 @@ setup(
         "sentencepiece",
         "hydra-core>=1.0.7",
     ],
-    extras_require={"test": ["pytest", "ruff"], "plots": ["matplotlib"]},
+    extras_require={"test": ["pytest", "ruff"], "report": ["matplotlib", "scikit-learn"]},
     entry_points={
         "console_scripts": [
             "gglm-user-dir=gglm_fairseq.cli:print_user_dir",
+            "gglm-noise=gglm_fairseq.noise:main",
+            "gglm-report=gglm_fairseq.report:main",
         ]
     },
 )

@@ -85,6 +85,8 @@ def _auc_rows(
     if len(rate) != len(labels):
         raise ValueError(f"{len(rate)} mask rates but {len(labels)} labels")
     seen = ~np.isnan(rate)
+    if isinstance(clean_labels, str):  # "clean,V" as on the command line, not its letters
+        clean_labels = [x.strip() for x in clean_labels.split(",")]
     label = np.asarray(labels, dtype=object)
     is_clean = np.isin(label, list(clean_labels))
     clean_rate = rate[seen & is_clean]
@@ -111,7 +113,8 @@ def detection_auc(
     Key ``"all"``: every noisy label against the clean pairs; one key per noisy label: that
     label against the clean pairs. Pairs never seen (mask rate NaN) are left out, and so is a
     comparison that lacks noisy or clean pairs. 1.0: every noisy pair is masked more often
-    than every clean one; 0.5: chance.
+    than every clean one; 0.5: chance. ``clean_labels`` may also be a comma-separated string
+    (``"clean,V"``).
     """
     return {name: auc for name, _, _, auc in _auc_rows(mask_rate, labels, clean_labels)}
 

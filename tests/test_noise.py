@@ -195,6 +195,7 @@ def test_cli_errors(tmp_path, capsys):
     assert "missing.en" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_cli_subprocess(tmp_path):
     (source, target, third), paths = write_corpus(tmp_path)
     out_tgt, out_labels = tmp_path / "noisy.de", tmp_path / "noisy.labels"

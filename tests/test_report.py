@@ -135,6 +135,7 @@ def test_detection_auc_by_hand():
     # With only 'clean' as clean, V (rate 0) is noisy: 5.5 of 8 pairs; V alone 0.5 of 2.
     auc = detection_auc(rate, LABELS, {"clean"})
     assert auc == pytest.approx({"all": 5.5 / 8, "misaligned": 1.0, "untranslated": 0.5, "V": 0.25})
+    assert detection_auc(rate, LABELS, "clean, V") == pytest.approx(EXPECTED_AUC)
     assert detection_auc(rate, LABELS, {"nothing"}) == {}
     with pytest.raises(ValueError, match="7 mask rates but 6 labels"):
         detection_auc(rate, LABELS[:6], {"clean"})
@@ -188,6 +189,7 @@ def test_errors(inputs, tmp_path, capsys):
     assert "not a GGLM record" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_cli_subprocess(inputs, tmp_path):
     _, _, paths = inputs
     out = tmp_path / "sub"

@@ -241,6 +241,7 @@ class GradientMaskedCrossEntropyCriterion(LabelSmoothedCrossEntropyCriterion):
             "ntokens": ntokens,
             "nsentences": nsentences,
             "sample_size": sample_size,
+            "gglm_batches": 1,
             "gglm_active": 0,
             "gglm_clean_nonfinite": int(clean is not None and direction is None),
             "gglm_sentences": 0,
@@ -250,8 +251,8 @@ class GradientMaskedCrossEntropyCriterion(LabelSmoothedCrossEntropyCriterion):
             "gglm_clean_loss": 0.0,
             "gglm_alignment_sum": 0.0,
             "gglm_alignment_count": 0,
-            "gglm_alignment_min": math.inf,
-            "gglm_alignment_max": -math.inf,
+            "gglm_alignment_min": 0.0,
+            "gglm_alignment_max": 0.0,
         }
         if alignment is not None:
             sentence_alignment = alignment if alignment.dim() == 1 else alignment.sum(dim=1)
@@ -267,8 +268,8 @@ class GradientMaskedCrossEntropyCriterion(LabelSmoothedCrossEntropyCriterion):
                 gglm_clean_loss=clean.loss,
                 gglm_alignment_sum=utils.item(values.sum()),
                 gglm_alignment_count=values.numel(),
-                gglm_alignment_min=utils.item(values.min()) if values.numel() else math.inf,
-                gglm_alignment_max=utils.item(values.max()) if values.numel() else -math.inf,
+                gglm_alignment_min=utils.item(values.min()) if values.numel() else 0.0,
+                gglm_alignment_max=utils.item(values.max()) if values.numel() else 0.0,
             )
             if self.record_examples:
                 self.pending.append(
@@ -307,7 +308,8 @@ class GradientMaskedCrossEntropyCriterion(LabelSmoothedCrossEntropyCriterion):
         if nonfinite:
             metrics.log_scalar("gglm_clean_nonfinite", nonfinite, round=0)
         active = total("gglm_active")
-        metrics.log_scalar("gglm_active", active / max(len(logging_outputs), 1), round=3)
+        # Fraction of micro-batches trained on the masked loss (warm-up, interval, non-finite).
+        metrics.log_scalar("gglm_active", active / max(total("gglm_batches"), 1), round=3)
         sentences = total("gglm_sentences")
         tokens = total("gglm_tokens")
         if sentences > 0:
@@ -324,15 +326,12 @@ class GradientMaskedCrossEntropyCriterion(LabelSmoothedCrossEntropyCriterion):
                 metrics.log_scalar(
                     "gglm_align_mean", total("gglm_alignment_sum") / count, count, round=4
                 )
+                # Summable across micro-batches and ranks: the mean of each batch's extreme.
                 metrics.log_scalar(
-                    "gglm_align_min",
-                    min(log.get("gglm_alignment_min", math.inf) for log in logging_outputs),
-                    round=4,
+                    "gglm_align_min", total("gglm_alignment_min") / active, active, round=4
                 )
                 metrics.log_scalar(
-                    "gglm_align_max",
-                    max(log.get("gglm_alignment_max", -math.inf) for log in logging_outputs),
-                    round=4,
+                    "gglm_align_max", total("gglm_alignment_max") / active, active, round=4
                 )
         for key in ("n_correct", "total"):
             value = total(key)
@@ -346,5 +345,5 @@ class GradientMaskedCrossEntropyCriterion(LabelSmoothedCrossEntropyCriterion):
 
     @staticmethod
     def logging_outputs_can_be_summed() -> bool:
-        # alignment min/max are not sums: fairseq gathers the per-batch outputs instead.
-        return False
+        # Every micro-batch and rank emits the same numeric keys; fairseq sums them.
+        return True

@@ -16,6 +16,7 @@ import tempfile
 from typing import Dict, Iterable, List
 
 import numpy as np
+import torch
 
 RECORD_FILE = "gglm_record.npz"
 _FIELDS = {
@@ -88,6 +89,14 @@ class ExampleRecord:
     def history(self) -> np.ndarray:
         """(updates, 3): update number, sentences recorded, masked (fractions summed)."""
         return np.asarray(self._history, dtype=np.float64).reshape(-1, 3)
+
+    def running_alignment(self, ids: torch.Tensor, alignment: torch.Tensor) -> torch.Tensor:
+        """Each example's mean alignment over the times recorded so far and this one."""
+        index = ids.cpu().numpy()
+        self._grow(int(index.max()) + 1 if index.size else 0)
+        past_sum = torch.from_numpy(self.alignment_sum[index]).to(alignment)
+        past_seen = torch.from_numpy(self.seen[index]).to(alignment)
+        return (past_sum + alignment) / (past_seen + 1)
 
     def mask_rate(self) -> np.ndarray:
         """masked / seen, NaN for examples never seen."""

@@ -84,6 +84,21 @@ class GradientMaskedCrossEntropyConfig(LabelSmoothedCrossEntropyCriterionConfig)
         default=1,
         metadata={"help": "recompute the clean gradient every K updates, reuse in between"},
     )
+    gglm_clean_grad_ema: float = field(
+        default=0.0,
+        metadata={
+            "help": "average the clean gradient across updates: g <- d*g_old + (1-d)*g_new "
+            "with this decay d in [0, 1) (0: the current clean batch alone)"
+        },
+    )
+    gglm_score: ChoiceEnum(["current", "running"]) = field(
+        default="current",
+        metadata={
+            "help": "decide on the alignment of this update (current) or on the example's "
+            "mean alignment over every time it was seen, this one included (running; "
+            "sentence granularity, dot similarity)"
+        },
+    )
     gglm_alignment_without_dropout: bool = field(
         default=False,
         metadata={
@@ -116,6 +131,16 @@ class GradientMaskedCrossEntropyCriterion(LabelSmoothedCrossEntropyCriterion):
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 1")
         if cfg.gglm_warmup_updates < 0:
             raise ValueError("--gglm-warmup-updates must be >= 0")
+        if not 0.0 <= cfg.gglm_clean_grad_ema < 1.0:
+            raise ValueError("--gglm-clean-grad-ema must be in [0, 1)")
+        self.running_score = str(cfg.gglm_score) == "running"
+        if self.running_score and (
+            str(cfg.gglm_granularity) != "sentence" or str(cfg.gglm_similarity) != "dot"
+        ):
+            raise ValueError(
+                "--gglm-score running needs --gglm-granularity sentence and "
+                "--gglm-similarity dot"
+            )
         self.cfg = cfg
         self.engine_name = str(cfg.gglm_engine)
         if self.engine_name != "auto":
@@ -219,6 +244,8 @@ class GradientMaskedCrossEntropyCriterion(LabelSmoothedCrossEntropyCriterion):
             scores = similarity(
                 aligned.alignment, self.similarity, aligned.gradient_norm, direction
             )
+            if self.running_score:
+                scores = self.task.record.running_alignment(sample["id"], scores)
             unit_mask = mask_from_scores(scores, self.cfg.gglm_threshold)
             mask = unit_mask.unsqueeze(1) if self.granularity == "sentence" else unit_mask
             mask = mask.expand_as(token_losses).to(token_losses.dtype) * target_mask

@@ -55,6 +55,10 @@ class TranslationWithCleanSetConfig(TranslationConfig):
         default=None,
         metadata={"help": "max sentences in a clean batch (default: --batch-size)"},
     )
+    clean_batches_per_update: int = field(
+        default=1,
+        metadata={"help": "clean batches whose gradients are pooled for each update"},
+    )
     # Filled from the rest of fairseq's configuration (no flags of their own).
     gglm_record_dir: Optional[str] = II("checkpoint.save_dir")
     train_max_tokens: Optional[int] = II("dataset.max_tokens")
@@ -106,10 +110,13 @@ class TranslationWithCleanSetTask(TranslationTask):
 
     def __init__(self, cfg: TranslationWithCleanSetConfig, src_dict, tgt_dict) -> None:
         super().__init__(cfg, src_dict, tgt_dict)
+        if cfg.clean_batches_per_update < 1:
+            raise ValueError("--clean-batches-per-update must be >= 1")
         self.clean_batches: Optional[CleanBatches] = None
         self.record = ExampleRecord()
         self._record_checked = False
         self._clean_cache: Optional[CleanGradient] = None
+        self._clean_average: Optional[List[torch.Tensor]] = None
         self._criterion = None
 
     # --- data -------------------------------------------------------------------------
@@ -211,8 +218,9 @@ class TranslationWithCleanSetTask(TranslationTask):
 
     # --- the clean gradient -----------------------------------------------------------
     def clean_gradient(self, model: torch.nn.Module, criterion, update_num: int) -> CleanGradient:
-        """The gradient of the mean per-token loss of update ``update_num``'s clean batch
-        (all data-parallel ranks together), cached for the clean-gradient interval."""
+        """The gradient of the mean per-token loss over update ``update_num``'s clean
+        batches (all data-parallel ranks together), cached for the clean-gradient interval
+        and, with ``--gglm-clean-grad-ema``, averaged with the earlier ones."""
         interval = criterion.cfg.gglm_clean_grad_interval
         anchor = update_num - update_num % interval
         if self._clean_cache is not None and self._clean_cache.update_num == anchor:
@@ -222,37 +230,35 @@ class TranslationWithCleanSetTask(TranslationTask):
             self.clean_batches = self.clean_batch_iterators(base)
         params = trainable_parameters(base)
         device = params[0].device
-        batch = self.clean_batches.batch(update_num // interval)
-        world_size = distributed_utils.get_data_parallel_world_size()
-        local_tokens = float(batch.get("ntokens", 0)) if batch else 0.0
-        tokens = torch.tensor([local_tokens], device=device)
-        if world_size > 1:
-            tokens = distributed_utils.all_reduce(
-                tokens, group=distributed_utils.get_data_parallel_group()
-            )
+        per_update = self.cfg.clean_batches_per_update
+        first = (update_num // interval) * per_update
+        batches = [self.clean_batches.batch(first + k) for k in range(per_update)]
+        batches = [b for b in batches if b and "net_input" in b]  # a tiny set's empty shard
+        group = distributed_utils.get_data_parallel_group() if self._world_size() > 1 else None
+        tokens = torch.tensor([float(sum(b["ntokens"] for b in batches))], device=device)
+        if group is not None:
+            tokens = distributed_utils.all_reduce(tokens, group=group)
         total_tokens = max(float(tokens.item()), 1.0)
 
+        grads = [torch.zeros_like(p, dtype=torch.float32) for p in params]
+        clean_loss = torch.zeros((), device=device)
         # Dropout off: g_clean estimates a direction, it is not a training step.
         was_training = base.training
         base.eval()
         try:
-            if batch and "net_input" in batch:
+            for batch in batches:
                 batch = utils.move_to_cuda(batch, device) if device.type == "cuda" else batch
                 with torch.enable_grad():
                     losses, _ = criterion.token_losses(base, batch)
-                    clean_loss = losses.float().sum() / total_tokens
-                    grads = [g.float() for g in gradient(clean_loss, params)]
-                clean_loss = clean_loss.detach().float()
-            else:  # this rank's shard of a tiny clean set gave no batch
-                grads = [torch.zeros_like(p, dtype=torch.float32) for p in params]
-                clean_loss = torch.zeros((), device=device)
+                    batch_loss = losses.float().sum() / total_tokens
+                    for total, g in zip(grads, gradient(batch_loss, params)):
+                        total.add_(g.float())
+                clean_loss += batch_loss.detach()
         finally:
             base.train(was_training)
-        if world_size > 1:
+        if group is not None:
             flat = torch.cat([clean_loss.view(1)] + [g.view(-1) for g in grads])
-            flat = distributed_utils.all_reduce(
-                flat, group=distributed_utils.get_data_parallel_group()
-            )
+            flat = distributed_utils.all_reduce(flat, group=group)
             clean_loss = flat[0]
             grads = [
                 chunk.view_as(g)
@@ -266,12 +272,25 @@ class TranslationWithCleanSetTask(TranslationTask):
                 "gglm: non-finite clean gradient at update %d: this update trains unmasked",
                 update_num,
             )
+        else:
+            grads = self._averaged(grads, criterion.cfg.gglm_clean_grad_ema)
         self._clean_cache = CleanGradient(
             direction=grads if finite else None,
             loss=float(clean_loss),
             update_num=anchor,
         )
         return self._clean_cache
+
+    def _averaged(self, grads: List[torch.Tensor], decay: float) -> List[torch.Tensor]:
+        """Exponential moving average of the clean gradients (decay 0: the newest alone)."""
+        if decay > 0 and self._clean_average is not None:
+            grads = [decay * a + (1 - decay) * g for a, g in zip(self._clean_average, grads)]
+        self._clean_average = grads
+        return grads
+
+    @staticmethod
+    def _world_size() -> int:
+        return distributed_utils.get_data_parallel_world_size()
 
     # --- hooks into fairseq's training loop -------------------------------------------
     def train_step(
@@ -306,8 +325,8 @@ class TranslationWithCleanSetTask(TranslationTask):
             (ids.numpy(), alignment.double().numpy(), masked.double().numpy())
             for ids, alignment, masked in pending
         ]
-        if distributed_utils.get_data_parallel_world_size() > 1:
-            gathered: List[Any] = [None] * distributed_utils.get_data_parallel_world_size()
+        if self._world_size() > 1:
+            gathered: List[Any] = [None] * self._world_size()
             torch.distributed.all_gather_object(
                 gathered, entries, group=distributed_utils.get_data_parallel_group()
             )

@@ -7,7 +7,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_readme_option_table_is_current():
-    spec = importlib.util.spec_from_file_location("options_table", ROOT / "scripts/options_table.py")
+    path = ROOT / "scripts" / "options_table.py"
+    spec = importlib.util.spec_from_file_location("options_table", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     readme = (ROOT / "README.md").read_text()

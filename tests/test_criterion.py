@@ -146,3 +146,30 @@ def test_cosine_with_threshold_uses_vmap_norms(data_bin, tmp_path):
     )  # fmt: skip
     _, _, log = masked_forward(criterion, model, sample, clean)
     assert log["gglm_active"] == 1 and criterion.needs_norms
+
+
+def test_auto_engine_falls_back_to_vmap_once(data_bin, tmp_path, monkeypatch, caplog):
+    from gglm_fairseq import alignment
+
+    def no_forward_ad(*args, **kwargs):
+        raise NotImplementedError("Trying to use forward AD with some_op that does not support it")
+
+    monkeypatch.setitem(alignment.ENGINES, "jvp", no_forward_ad)
+    _, model, criterion, sample, clean = setup(data_bin, tmp_path, "--dropout", "0")
+    _, _, log = masked_forward(criterion, model, sample, clean)
+    _, _, again = masked_forward(criterion, model, sample, clean)
+    assert log["gglm_active"] == again["gglm_active"] == 1
+    assert criterion.engine_name == "vmap"
+    assert caplog.text.count("forward-mode AD failed") == 1
+
+
+def test_explicit_jvp_engine_does_not_fall_back(data_bin, tmp_path, monkeypatch):
+    from gglm_fairseq import alignment
+
+    def no_forward_ad(*args, **kwargs):
+        raise NotImplementedError("Trying to use forward AD with some_op")
+
+    monkeypatch.setitem(alignment.ENGINES, "jvp", no_forward_ad)
+    _, model, criterion, sample, clean = setup(data_bin, tmp_path, "--gglm-engine", "jvp")
+    with pytest.raises(NotImplementedError):
+        masked_forward(criterion, model, sample, clean)

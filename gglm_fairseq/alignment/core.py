@@ -91,20 +91,22 @@ def squared_norm(grads: Sequence[Tensor | None]) -> Tensor:
     return torch.stack(present).sum() if present else torch.zeros(())
 
 
-def check_granularity(granularity: str) -> None:
+def checked_parameters(
+    model: nn.Module, direction: Sequence[Tensor], granularity: str
+) -> List[nn.Parameter]:
+    """The model's trainable parameters, after checking the engine's other arguments."""
     if granularity not in GRANULARITIES:
         raise ValueError(f"granularity must be one of {GRANULARITIES}, got {granularity!r}")
-
-
-def units(token_losses: Tensor, granularity: str) -> Tensor:
-    """The losses that get a mask each: (B,) example losses or the (B, T) token losses."""
-    return token_losses.sum(dim=1) if granularity == "sentence" else token_losses
-
-
-def check_direction(params: Sequence[Tensor], direction: Sequence[Tensor]) -> None:
+    params = trainable_parameters(model)
     if len(params) != len(direction) or any(
         p.shape != d.shape for p, d in zip(params, direction)
     ):
         raise ValueError(
             "direction must have one tensor per trainable parameter, with the same shapes"
         )
+    return params
+
+
+def units(token_losses: Tensor, granularity: str) -> Tensor:
+    """The losses that get a mask each: (B,) example losses or the (B, T) token losses."""
+    return token_losses.sum(dim=1) if granularity == "sentence" else token_losses

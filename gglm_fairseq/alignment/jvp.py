@@ -18,10 +18,8 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from .core import (
     AlignedLoss,
     TokenLossFn,
-    check_direction,
-    check_granularity,
+    checked_parameters,
     substituted_parameters,
-    trainable_parameters,
     units,
 )
 
@@ -34,14 +32,12 @@ def jvp_aligned_loss(
     granularity: str = "sentence",
     with_norms: bool = False,
 ) -> AlignedLoss:
-    check_granularity(granularity)
     if with_norms:
         raise ValueError(
             "the jvp engine gives no per-example gradient norms: use the vmap or loop "
             "engine for cosine similarity with a non-zero threshold"
         )
-    params = trainable_parameters(model)
-    check_direction(params, direction)
+    params = checked_parameters(model, direction, granularity)
     # Flash and memory-efficient attention kernels have no forward-AD formula.
     with fwAD.dual_level(), sdpa_kernel(SDPBackend.MATH):
         duals = [fwAD.make_dual(p, d.to(p.dtype)) for p, d in zip(params, direction)]

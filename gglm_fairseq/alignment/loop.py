@@ -13,11 +13,9 @@ from torch import Tensor, nn
 from .core import (
     AlignedLoss,
     TokenLossFn,
-    check_direction,
-    check_granularity,
+    checked_parameters,
     inner_product,
     squared_norm,
-    trainable_parameters,
     units,
 )
 
@@ -30,9 +28,7 @@ def loop_aligned_loss(
     granularity: str = "sentence",
     with_norms: bool = False,
 ) -> AlignedLoss:
-    check_granularity(granularity)
-    params = trainable_parameters(model)
-    check_direction(params, direction)
+    params = checked_parameters(model, direction, granularity)
     token_losses, extras = token_loss(model, batch)
     unit_losses = units(token_losses, granularity)
     flat = unit_losses.reshape(-1)

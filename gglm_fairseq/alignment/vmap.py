@@ -23,12 +23,10 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from .core import (
     AlignedLoss,
     TokenLossFn,
-    check_direction,
-    check_granularity,
+    checked_parameters,
     inner_product,
     squared_norm,
     substituted_parameters,
-    trainable_parameters,
     units,
 )
 
@@ -67,11 +65,9 @@ def vmap_aligned_loss(
     with_norms: bool = False,
     chunk_size: int = 16,
 ) -> AlignedLoss:
-    check_granularity(granularity)
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
-    params = trainable_parameters(model)
-    check_direction(params, direction)
+    params = checked_parameters(model, direction, granularity)
     random_state = _RandomState()
 
     def unit_losses(values: Sequence[Tensor]) -> Tensor:

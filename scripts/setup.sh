@@ -20,6 +20,7 @@ if ! python -c "import fairseq" 2>/dev/null; then
   # --no-deps: its torchaudio requirement would pull a second torch; its other needs follow.
   pip_install --no-build-isolation --no-deps fairseq-fixed==0.12.3.1
 fi
+echo "(pip may warn that fairseq-fixed requires torchaudio: translation does not use it)"
 pip_install "hydra-core==1.3.2" "omegaconf==2.3.0" regex tqdm bitarray cffi packaging \
   scikit-learn "sacrebleu>=2.0" sentencepiece matplotlib pytest ruff
 pip_install --no-deps -e .

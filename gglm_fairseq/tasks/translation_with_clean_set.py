@@ -5,11 +5,12 @@ The clean data is only used for that gradient; it is never trained on.
 """
 
 
+import contextlib
 import filecmp
 import logging
 import os
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, Iterator, List, Optional
 
 import torch
 from fairseq import utils
@@ -96,6 +97,16 @@ def _data_parallel_rank() -> int:
     if distributed_utils.get_data_parallel_world_size() == 1:
         return 0  # fairseq asks torch.distributed, which is not initialised then
     return distributed_utils.get_data_parallel_rank()
+
+
+@contextlib.contextmanager
+def _quiet(logger: logging.Logger) -> Iterator[None]:
+    level = logger.level
+    logger.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def _unwrapped(model: torch.nn.Module) -> torch.nn.Module:
@@ -200,19 +211,21 @@ class TranslationWithCleanSetTask(TranslationTask):
         max_positions = utils.resolve_max_positions(self.max_positions(), model.max_positions())
 
         def make_epoch_iterator(epoch: int):
-            return self.get_batch_iterator(
-                dataset=dataset,
-                max_tokens=max_tokens,
-                max_sentences=max_sentences,
-                max_positions=max_positions,
-                ignore_invalid_inputs=True,
-                seed=self.cfg.seed,
-                num_shards=distributed_utils.get_data_parallel_world_size(),
-                shard_id=_data_parallel_rank(),
-                num_workers=0,
-                epoch=epoch,
-                disable_iterator_cache=True,
-            )
+            # fairseq logs three lines per iterator built: once per clean epoch is noise.
+            with _quiet(logging.getLogger("fairseq.tasks.fairseq_task")):
+                return self.get_batch_iterator(
+                    dataset=dataset,
+                    max_tokens=max_tokens,
+                    max_sentences=max_sentences,
+                    max_positions=max_positions,
+                    ignore_invalid_inputs=True,
+                    seed=self.cfg.seed,
+                    num_shards=distributed_utils.get_data_parallel_world_size(),
+                    shard_id=_data_parallel_rank(),
+                    num_workers=0,
+                    epoch=epoch,
+                    disable_iterator_cache=True,
+                )
 
         return CleanBatches(make_epoch_iterator)
 

@@ -1,0 +1,298 @@
+"""Regenerate docs/results.md (and its PNG plots in docs/) from the runners' results JSONs.
+
+::
+
+    python scripts/experiments/make_results.py runs/*/results.json --out docs/results.md
+
+Tables: BLEU/chrF per system and test set; GGLM variants by validation BLEU (test BLEU only as
+a secondary column; the variant is chosen on validation); detection ROC-AUC per noise type and
+per ParaCrawl label, next to bicleaner; with the commands, seeds, machine and run times.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Dict, List, Optional
+
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+TESTS = ("test_2016_flickr", "test_2017_flickr")
+NOISE_TYPES = ("misaligned", "untranslated", "wrong_language", "truncated", "shuffled")
+PARACRAWL_LABELS = ("F", "E", "MT", "A", "T", "L")
+RELEASES = ("v3", "v6", "v6.2", "v7")
+MAIN_SYSTEMS = ("baseline", "gglm", "oracle", "finetune")
+
+
+def fmt(value: Optional[float], digits: int = 2) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    return f"{value:.{digits}f}"
+
+
+def table(header: List[str], rows: List[List[str]]) -> List[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return lines + ["| " + " | ".join(row) + " |" for row in rows]
+
+
+def minutes(seconds: Optional[float]) -> str:
+    return "–" if seconds is None else f"{seconds / 60:.1f}"
+
+
+def setting_lines(results: Dict) -> List[str]:
+    machine = results.get("machine", {})
+    profile = results.get("profile_config", {})
+    lines = [
+        f"- setting: `{json.dumps(results.get('setting'))}`",
+        f"- model and budget: {profile.get('layers')}+{profile.get('layers')} layers, "
+        f"{profile.get('dim')} dim, FFN {profile.get('ffn')}, {profile.get('heads')} heads, "
+        f"shared embeddings, dropout 0.1; Adam (0.9, 0.98), lr {profile.get('lr')}, "
+        f"inverse_sqrt with {profile.get('warmup')} warm-up updates; label smoothing 0.1; "
+        f"{profile.get('updates')} updates of <= {profile.get('max_tokens')} tokens; "
+        f"beam {profile.get('beam')}; last checkpoint",
+        f"- machine: {machine.get('Model name', '?')}, {machine.get('CPU(s)', '?')} CPUs "
+        f"(shared with other jobs while these ran), torch threads "
+        f"{machine.get('torch_threads', '?')}",
+        f"- data: `{json.dumps(results.get('data'))}`",
+        "- commands:",
+    ]
+    # A command run again (to resume or add systems) is listed once.
+    lines += [f"  - `{command}`" for command in dict.fromkeys(results.get("commands", []))]
+    return lines
+
+
+def bleu_plot(results: Dict, path: Path) -> None:
+    systems = results["systems"]
+    names = list(systems)
+    figure = Figure(figsize=(max(6, 1.0 * len(names) + 2), 4))
+    ax = figure.add_subplot()
+    width = 0.8 / len(TESTS)
+    for k, test in enumerate(TESTS):
+        values = [systems[n].get(test, {}).get("bleu", float("nan")) for n in names]
+        ax.bar([i + k * width for i in range(len(names))], values, width, label=test)
+    ax.set_xticks([i + width * (len(TESTS) - 1) / 2 for i in range(len(names))])
+    ax.set_xticklabels(names, rotation=30, ha="right")
+    ax.set_ylabel("BLEU")
+    ax.set_title(f"Noisy Multi30k, {results['setting']}")
+    ax.legend()
+    FigureCanvasAgg(figure)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+
+
+def mask_rate_plot(mean_rates: Dict[str, float], title: str, path: Path) -> None:
+    names = list(mean_rates)
+    figure = Figure(figsize=(max(5, 0.9 * len(names) + 2), 3.5))
+    ax = figure.add_subplot()
+    ax.bar(range(len(names)), [mean_rates[n] for n in names], color="C0")
+    ax.set_xticks(range(len(names)))
+    ax.set_xticklabels(names, rotation=20, ha="right")
+    ax.set_ylabel("mean mask rate")
+    ax.set_ylim(0, 1)
+    ax.set_title(title)
+    FigureCanvasAgg(figure)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+
+
+def multi30k_section(results: Dict, key: str, docs: Path) -> List[str]:
+    systems = results.get("systems", {})
+    setting = results["setting"]
+    lines = [f"## Noisy Multi30k en-de, noise {setting['noise']}, profile {setting['profile']}", ""]
+    lines += setting_lines(results) + [""]
+    if not systems:
+        return lines + ["No system finished.", ""]
+    rows = []
+    for name, entry in systems.items():
+        row = [name, f"`{entry.get('gglm_args', '')}`" if entry.get("gglm_args") else ""]
+        row.append(fmt(entry.get("valid", {}).get("bleu")))
+        for test in TESTS:
+            row += [fmt(entry.get(test, {}).get("bleu")), fmt(entry.get(test, {}).get("chrf"))]
+        row += [minutes(entry.get("train_seconds")), minutes(entry.get("generate_seconds"))]
+        rows.append(row)
+    header = ["system", "extra flags", "valid BLEU"]
+    for test in TESTS:
+        header += [f"{test} BLEU", f"{test} chrF"]
+    header += ["train min", "generate min"]
+    lines += table(header, rows) + [""]
+    first = next(iter(systems.values()))
+    lines += [
+        f"sacrebleu signatures: BLEU `{first['valid']['bleu_signature']}`, "
+        f"chrF `{first['valid']['chrf_signature']}`. Validation = the `valid_set` above.",
+        "",
+    ]
+    plot = docs / f"results_{key}_bleu.png"
+    bleu_plot(results, plot)
+    lines += [f"![BLEU per system]({plot.name})", ""]
+    lines += targets(systems)
+
+    gglm = {n: e for n, e in systems.items() if n.startswith("gglm") and "detection" in e}
+    if gglm:
+        lines += ["### Noise detection (ROC-AUC, noisy vs clean pairs)", ""]
+        rows = []
+        for name, entry in gglm.items():
+            for score_name in ("mask_rate", "neg_alignment_mean"):
+                aucs = entry["detection"][score_name]
+                rows.append(
+                    [name, score_name, fmt(aucs.get("all"), 3)]
+                    + [fmt(aucs.get(t), 3) for t in NOISE_TYPES]
+                )
+        lines += table(["system", "score", "all", *NOISE_TYPES], rows) + [""]
+        lines += [
+            "`mask_rate` = masked / seen per pair (the detector the targets refer to); "
+            "`neg_alignment_mean` = minus the pair's mean alignment over the times it was seen "
+            "(a continuous score, shown for comparison).",
+            "",
+        ]
+        main = gglm.get("gglm", next(iter(gglm.values())))
+        plot = docs / f"results_{key}_mask_rate.png"
+        mask_rate_plot(main["detection"]["mean_mask_rate"], "GGLM mean mask rate by label", plot)
+        lines += [f"![mean mask rate by noise label]({plot.name})", ""]
+    return lines
+
+
+def targets(systems: Dict) -> List[str]:
+    """The issue's targets, measured: GGLM vs baseline and oracle, detection AUC."""
+    if not all(n in systems for n in ("baseline", "gglm")):
+        return []
+    lines = ["### Targets", ""]
+    rows = []
+    for test in TESTS:
+        base = systems["baseline"][test]["bleu"]
+        ours = systems["gglm"][test]["bleu"]
+        oracle = systems.get("oracle", {}).get(test, {}).get("bleu")
+        closed = None
+        if oracle is not None and oracle != base:
+            closed = (ours - base) / (oracle - base)
+        rows.append(
+            [test, fmt(base), fmt(ours), fmt(ours - base), fmt(oracle),
+             "–" if closed is None else f"{100 * closed:.0f}%",
+             "yes" if ours - base >= 1.0 and (closed or 0) >= 0.5 else "no"]
+        )  # fmt: skip
+    header = ["test", "baseline", "gglm", "gain", "oracle", "gap closed", "target met"]
+    lines += table(header, rows) + [""]
+    auc = systems["gglm"].get("detection", {}).get("mask_rate", {}).get("all")
+    if auc is not None:
+        verdict = "met" if auc >= 0.85 else "not met"
+        lines += [f"Detection AUC (mask rate, all noise) {auc:.3f}: target >= 0.85 {verdict}.", ""]
+    return lines + [
+        "Target: GGLM BLEU >= baseline + 1.0 on both tests and >= half the baseline-oracle "
+        "gap closed.",
+        "",
+    ]
+
+
+def variants_section(runs: List[Dict]) -> List[str]:
+    rows = []
+    for results in runs:
+        for name, entry in results.get("systems", {}).items():
+            if name.startswith("gglm") or name == "baseline":
+                rows.append((results["setting"], name, entry))
+    if not rows:
+        return []
+    rows.sort(key=lambda r: -r[2]["valid"]["bleu"])
+    lines = [
+        "## GGLM variants (chosen on validation BLEU)",
+        "",
+        "Sorted by validation BLEU; test BLEU is shown as a secondary column only and was not "
+        "used to choose.",
+        "",
+    ]
+    body = [
+        [f"{s['profile']} p={s['noise']}", name,
+         f"`{entry.get('gglm_args', '')}`" if entry.get("gglm_args") else "",
+         fmt(entry["valid"]["bleu"]), fmt(entry[TESTS[0]]["bleu"]), fmt(entry[TESTS[1]]["bleu"]),
+         fmt(entry.get("detection", {}).get("mask_rate", {}).get("all"), 3),
+         minutes(entry.get("train_seconds"))]
+        for s, name, entry in rows
+    ]  # fmt: skip
+    header = ["run", "system", "flags", "valid BLEU", *(f"{t} BLEU" for t in TESTS),
+              "AUC (mask rate)", "train min"]  # fmt: skip
+    return lines + table(header, body) + [""]
+
+
+def paracrawl_section(results: Dict, key: str, docs: Path) -> List[str]:
+    lines = [f"## ParaCrawl en-de with human labels (profile {results['setting']['profile']})", ""]
+    lines += setting_lines(results) + [""]
+    lines += [
+        "Design: the 5,000 labelled ParaCrawl pairs are part of the training data (after "
+        "Multi30k pairs) and GGLM's per-pair mask rate is scored against the labels; V = "
+        "clean, every other label = noisy. Clean set: "
+        f"{results.get('data', {}).get('clean_set')}, which shares no pair with the scored "
+        "set (a news test set, closer to web text than captions; all labelled pairs stay "
+        "scored). Bicleaner = the score shipped in the files (lower = noisier).",
+        "",
+    ]
+    for name, entry in results.get("systems", {}).items():
+        detection = entry["detection"]
+        rows = []
+        for detector in ("gglm_mask_rate", "gglm_neg_alignment_mean", "bicleaner_neg_score"):
+            per = detection[detector]
+            rows.append(
+                [detector, fmt(per["pooled"].get("all"), 3)]
+                + [fmt(per[r].get("all"), 3) for r in RELEASES]
+                + [fmt(per["pooled"].get(label), 3) for label in PARACRAWL_LABELS]
+            )
+        header = ["detector", "V vs rest (pooled)", *(f"{r}" for r in RELEASES),
+                  *(f"V vs {label}" for label in PARACRAWL_LABELS)]  # fmt: skip
+        lines += [f"### {name} (train {minutes(entry.get('train_seconds'))} min)", ""]
+        lines += table(header, rows) + [""]
+        plot = docs / f"results_{key}_{name}_mask_rate.png"
+        mask_rate_plot(detection["mean_mask_rate"], "GGLM mean mask rate by ParaCrawl label", plot)
+        lines += [f"![mean mask rate by label]({plot.name})", ""]
+        ours = detection["gglm_mask_rate"]["pooled"].get("all", float("nan"))
+        theirs = detection["bicleaner_neg_score"]["pooled"].get("all", float("nan"))
+        verdict = "above" if ours > theirs else "not above"
+        lines += [
+            f"GGLM mask-rate AUC {ours:.3f} vs bicleaner {theirs:.3f} (pooled): {verdict}.",
+            "",
+        ]
+    return lines
+
+
+def main(argv: List[str]) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("results", nargs="+", help="results.json files of the runners")
+    parser.add_argument("--out", default="docs/results.md")
+    parser.add_argument("--command", default="", help="the command that made the runs")
+    args = parser.parse_args(argv)
+    out = Path(args.out)
+    docs = out.parent
+    docs.mkdir(parents=True, exist_ok=True)
+    runs = []
+    missing = [path for path in args.results if not Path(path).exists()]
+    for path in args.results:
+        if path in missing:
+            continue  # a run that did not finish: listed in the document instead
+        results = json.loads(Path(path).read_text(encoding="utf-8"))
+        results["_key"] = Path(path).parent.name
+        runs.append(results)
+    lines = [
+        "# Results",
+        "",
+        "Generated by `scripts/experiments/make_results.py` from the runners' results JSON "
+        "files; every number is measured in the runs listed. Do not edit by hand.",
+        "",
+    ]
+    if args.command:
+        lines += [f"Reproduce: `{args.command}`", ""]
+    if missing:
+        lines += ["Not run (no results file): " + ", ".join(f"`{p}`" for p in missing), ""]
+    multi30k = [r for r in runs if r.get("experiment") == "noisy_multi30k"]
+    for results in multi30k:
+        lines += multi30k_section(results, results["_key"], docs)
+    lines += variants_section(multi30k)
+    for results in runs:
+        if results.get("experiment") == "paracrawl_human":
+            lines += paracrawl_section(results, results["_key"], docs)
+    out.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,318 @@
+"""GGLM on Multi30k en-de with injected noise: BLEU/chrF of four systems and noise detection.
+
+One command builds the data, trains, translates and scores::
+
+    python scripts/experiments/noisy_multi30k.py --profile quick --work runs/m30k-p0.4 \\
+        --noise 0.4 --seed 1 --systems baseline,gglm,oracle,finetune
+
+Data (``--data``, Multi30k task 1 raw text):
+
+- training: ``train`` (29,000 pairs); a fraction ``--noise`` of the German side is corrupted
+  with :func:`gglm_fairseq.noise.corrupt` (five types in turn, the French side as the wrong
+  language); ``WORK/text/train.labels`` holds each pair's label;
+- clean set: ``val`` lines 0-499; validation: ``val`` lines 500-1013 (disjoint);
+- tests: ``test_2016_flickr`` and ``test_2017_flickr``.
+
+A joint sentencepiece model (unigram, 8k) is trained on the noisy training text.
+
+Systems (same model, same number of updates of the same batch size):
+
+- ``baseline``: label-smoothed cross-entropy on the noisy set;
+- ``gglm``: ``translation_with_clean_set`` + ``gradient_masked_cross_entropy`` (plus
+  ``--gglm-args``; ``--tag T`` names the system ``gglm-T`` so variants sit side by side);
+- ``oracle``: only the uncorrupted pairs;
+- ``finetune``: the baseline trained on the clean set for a few more updates, with the
+  baseline's final learning rate held constant (fresh Adam state).
+
+Every system translates the validation set and both tests with beam 4 (last checkpoint),
+scored with sacrebleu BLEU and chrF. For GGLM systems the ROC-AUC of each pair's mask rate
+(and of its negated mean alignment) against the injected labels is computed, overall and per
+noise type. Results go to ``WORK/results.json`` (merged across runs: a system already there
+with the same training command is not retrained).
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import shutil
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Dict, List
+
+import numpy as np
+from common import (
+    PROFILES,
+    REPO,
+    Profile,
+    encode,
+    final_lr,
+    generate,
+    load_results,
+    log,
+    machine,
+    preprocess,
+    profile_dict,
+    read_lines,
+    record_scores,
+    run,
+    save_results,
+    score,
+    train_args,
+    train_sentencepiece,
+    write_lines,
+)
+
+from gglm_fairseq.noise import CLEAN, corrupt
+from gglm_fairseq.report import detection_auc
+
+SRC, TGT, THIRD = "en", "de", "fr"
+CLEAN_LINES = 500  # val lines [0, 500) form the clean set, [500, 1014) the validation set
+EVAL_SETS = {"valid": "valid", "test": "test_2016_flickr", "test1": "test_2017_flickr"}
+SYSTEMS = ("baseline", "gglm", "oracle", "finetune")
+
+
+def prepare_data(args: argparse.Namespace, profile: Profile, work: Path) -> Dict[str, object]:
+    """Noisy training text, clean/valid/test splits, sentencepiece, binarised data."""
+    data, text, spm_dir = Path(args.data), work / "text", work / "spm"
+    train_src = read_lines(data / f"train.{SRC}", profile.train_lines)
+    train_tgt = read_lines(data / f"train.{TGT}", profile.train_lines)
+    third = read_lines(data / f"train.{THIRD}", profile.train_lines)
+    noisy_tgt, labels = corrupt(train_src, train_tgt, args.noise, args.seed, third_language=third)
+    write_lines(text / f"train.{SRC}", train_src)
+    write_lines(text / f"train.{TGT}", noisy_tgt)
+    write_lines(text / "train.labels", labels)
+    clean_ids = [i for i, label in enumerate(labels) if label == CLEAN]
+    write_lines(text / f"oracle.{SRC}", [train_src[i] for i in clean_ids])
+    write_lines(text / f"oracle.{TGT}", [train_tgt[i] for i in clean_ids])
+
+    clean_lines = CLEAN_LINES if profile.eval_lines is None else profile.eval_lines
+    for lang in (SRC, TGT):
+        val = read_lines(data / f"val.{lang}")
+        write_lines(text / f"clean.{lang}", val[:clean_lines])
+        valid = val[clean_lines:]
+        write_lines(text / f"valid.{lang}", valid[: profile.eval_lines])
+        for subset in ("test", "test1"):
+            lines = read_lines(data / f"{EVAL_SETS[subset]}.{lang}", profile.eval_lines)
+            write_lines(text / f"{subset}.{lang}", lines)
+
+    log(f"data: {len(train_src)} training pairs, {Counter(labels)}")
+    start = time.time()
+    model = train_sentencepiece(
+        [text / f"train.{SRC}", text / f"train.{TGT}"], spm_dir / "spm", profile.vocab
+    )
+    for split in ("train", "oracle", "clean", "valid", "test", "test1"):
+        for lang in (SRC, TGT):
+            encode(model, text / f"{split}.{lang}", spm_dir / f"{split}.{lang}")
+    spm_seconds = time.time() - start
+    log(f"sentencepiece: trained and encoded in {spm_seconds:.0f} s")
+
+    bin_dir, oracle_dir = work / "bin", work / "bin-oracle"
+    seconds = preprocess(
+        bin_dir,
+        ["-s", SRC, "-t", TGT, "--joined-dictionary", "--trainpref", str(spm_dir / "train"),
+         "--validpref", f"{spm_dir / 'valid'},{spm_dir / 'clean'}",
+         "--testpref", f"{spm_dir / 'test'},{spm_dir / 'test1'}"],
+        work / "logs" / "preprocess.log",
+    )  # fmt: skip
+    # The oracle binarises its own training split with the same dictionary; the rest is shared.
+    seconds += preprocess(
+        oracle_dir,
+        ["-s", SRC, "-t", TGT, "--trainpref", str(spm_dir / "oracle"),
+         "--srcdict", str(bin_dir / f"dict.{SRC}.txt"),
+         "--tgtdict", str(bin_dir / f"dict.{TGT}.txt")],
+        work / "logs" / "preprocess-oracle.log",
+    )  # fmt: skip
+    for path in bin_dir.iterdir():
+        if not path.name.startswith(("train.", "dict.", "preprocess")):
+            target = oracle_dir / path.name
+            if not target.exists():
+                target.symlink_to(path.resolve())
+    log(f"binarised in {seconds:.0f} s")
+    counts = Counter(labels)
+    valid_size = len(read_lines(text / f"valid.{SRC}"))
+    return {
+        "noise": args.noise,
+        "seed": args.seed,
+        "train_pairs": len(train_src),
+        "oracle_pairs": len(clean_ids),
+        "label_counts": dict(sorted(counts.items())),
+        "clean_set": f"val lines 0-{clean_lines - 1}",
+        "valid_set": f"val lines {clean_lines}-{clean_lines + valid_size - 1}",
+        "tests": [EVAL_SETS["test"], EVAL_SETS["test1"]],
+        "sentencepiece": {"model": "unigram", "vocab": profile.vocab, "on": "noisy train en+de"},
+        "dictionary_size": sum(1 for _ in open(bin_dir / f"dict.{SRC}.txt", encoding="utf-8")),
+        "prepare_seconds": round(spm_seconds + seconds, 1),
+    }
+
+
+def system_command(name: str, args: argparse.Namespace, profile: Profile, work: Path) -> List[str]:
+    kind = "gglm" if name.startswith("gglm") else name
+    data = work / ("bin-oracle" if kind == "oracle" else "bin")
+    command = train_args(data, work / "checkpoints" / name, profile, args.seed, SRC, TGT)
+    if kind == "gglm":
+        return command + [
+            "--task", "translation_with_clean_set", "--clean-subset", "clean",
+            "--criterion", "gradient_masked_cross_entropy", *shlex.split(args.gglm_args),
+        ]  # fmt: skip
+    command += ["--task", "translation", "--criterion", "label_smoothed_cross_entropy"]
+    if kind == "finetune":
+        base = work / "checkpoints" / "baseline" / "checkpoint_last.pt"
+        # Replace the budget and schedule: a few updates on the clean split at a fixed lr.
+        command = _set(command, "--max-update", str(profile.finetune_updates))
+        command = _set(command, "--lr", f"{final_lr(profile):.6g}")
+        command = _set(command, "--lr-scheduler", "fixed")
+        command = [c for c in command if c not in ("--warmup-init-lr", "1e-07")]
+        command = _set(command, "--warmup-updates", "0")
+        command += [
+            "--train-subset", "clean", "--restore-file", str(base), "--reset-optimizer",
+            "--reset-dataloader", "--reset-meters", "--reset-lr-scheduler",
+        ]  # fmt: skip
+    return command
+
+
+def _set(command: List[str], flag: str, value: str) -> List[str]:
+    out = list(command)
+    out[out.index(flag) + 1] = value
+    return out
+
+
+def evaluate(name: str, work: Path, profile: Profile) -> Dict[str, object]:
+    """Translate validation and both tests with the last checkpoint; BLEU and chrF."""
+    checkpoint = work / "checkpoints" / name / "checkpoint_last.pt"
+    out: Dict[str, object] = {}
+    seconds = 0.0
+    for subset, label in EVAL_SETS.items():
+        references = read_lines(work / "text" / f"{subset}.{TGT}")
+        hypotheses, missing, took = generate(
+            work / "bin", checkpoint, subset, len(references), SRC, TGT, profile.beam,
+            work / "generate" / name,
+        )  # fmt: skip
+        seconds += took
+        write_lines(work / "hyp" / f"{name}.{label}.{TGT}", hypotheses)
+        out[label] = {**score(hypotheses, references), "no_hypothesis": missing}
+    out["generate_seconds"] = round(seconds, 1)
+    return out
+
+
+def detection(name: str, work: Path) -> Dict[str, Dict[str, float]]:
+    """ROC-AUC of GGLM's per-pair scores against the injected noise labels."""
+    labels = read_lines(work / "text" / "train.labels")
+    scores = record_scores(work / "checkpoints" / name, len(labels))
+    rate = scores["mask_rate"]
+    seen = ~np.isnan(rate)
+    result: Dict[str, Dict[str, float]] = {
+        "mask_rate": detection_auc(rate, labels, {CLEAN}),
+        # Lower alignment = more suspect; a continuous score without the ties of the rate.
+        "neg_alignment_mean": detection_auc(-scores["alignment_mean"], labels, {CLEAN}),
+    }
+    label_array = np.asarray(labels)
+    result["mean_mask_rate"] = {
+        label: round(float(np.mean(rate[seen & (label_array == label)])), 4)
+        for label in sorted(set(labels))
+        if np.any(seen & (label_array == label))
+    }
+    result["pairs_seen"] = {"seen": int(seen.sum()), "total": len(labels)}
+    return result
+
+
+def parse_args(argv: List[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--profile", choices=sorted(PROFILES), default="quick")
+    parser.add_argument("--work", required=True, help="working folder (data, checkpoints, results)")
+    parser.add_argument("--noise", type=float, default=0.4, help="share of corrupted pairs")
+    parser.add_argument("--seed", type=int, default=1, help="seed of noise and training")
+    parser.add_argument("--systems", default=",".join(SYSTEMS), help="comma-separated systems")
+    parser.add_argument("--gglm-args", default="", help="extra flags for GGLM (a variant)")
+    parser.add_argument("--tag", default="", help="name the GGLM system gglm-TAG")
+    parser.add_argument(
+        "--data", default=str(REPO / ".." / "shared" / "data" / "multi30k"),
+        help="Multi30k raw text folder (default ../shared/data/multi30k from the repo root)",
+    )  # fmt: skip
+    parser.add_argument("--force", action="store_true", help="retrain systems already scored")
+    parser.add_argument(
+        "--rescore",
+        action="store_true",
+        help="only translate and score again the systems already trained (no training)",
+    )
+    args = parser.parse_args(argv)
+    systems = [s.strip() for s in args.systems.split(",") if s.strip()]
+    unknown = [s for s in systems if s not in SYSTEMS]
+    if unknown:
+        parser.error(f"unknown systems {unknown}; choose from {list(SYSTEMS)}")
+    args.system_names = [f"gglm-{args.tag}" if s == "gglm" and args.tag else s for s in systems]
+    return args
+
+
+def main(argv: List[str]) -> int:
+    args = parse_args(argv)
+    profile = PROFILES[args.profile]
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    results_path = work / "results.json"
+    results = load_results(results_path)
+    setting = {"profile": args.profile, "noise": args.noise, "seed": args.seed}
+    if results and results.get("setting") != setting:
+        raise SystemExit(f"{results_path} holds {results.get('setting')}; use another --work")
+    results.update(
+        experiment="noisy_multi30k",
+        setting=setting,
+        profile_config=profile_dict(profile),
+        machine=machine(),
+    )
+    command_line = "python scripts/experiments/noisy_multi30k.py " + shlex.join(argv)
+    if command_line not in results.setdefault("commands", []):
+        results["commands"].append(command_line)
+    if "data" not in results or not (work / "bin" / f"dict.{SRC}.txt").exists():
+        results["data"] = prepare_data(args, profile, work)
+        save_results(results_path, results)
+
+    systems = results.setdefault("systems", {})
+    for name in args.system_names:
+        command = system_command(name, args, profile, work)
+        if args.rescore:
+            if name in systems:
+                log(f"{name}: translating and scoring again")
+                systems[name].update(evaluate(name, work, profile))
+                save_results(results_path, results)
+            continue
+        if name in systems and systems[name].get("train_command") == command and not args.force:
+            log(f"{name}: already scored, skipped")
+            continue
+        baseline = work / "checkpoints" / "baseline" / "checkpoint_last.pt"
+        if name == "finetune" and not baseline.exists():
+            raise SystemExit("finetune needs the baseline: run --systems baseline first")
+        shutil.rmtree(work / "checkpoints" / name, ignore_errors=True)
+        log(f"{name}: training ({' '.join(command[-8:])})")
+        train_seconds = run(command, work / "logs" / f"train-{name}.log")
+        log(f"{name}: trained in {train_seconds:.0f} s")
+        entry: Dict[str, object] = {
+            "train_command": command,
+            "gglm_args": args.gglm_args if name.startswith("gglm") else "",
+            "train_seconds": round(train_seconds, 1),
+        }
+        entry.update(evaluate(name, work, profile))
+        summary = ", ".join(
+            f"{label} BLEU {entry[label]['bleu']} chrF {entry[label]['chrf']}"
+            for label in EVAL_SETS.values()
+        )
+        log(f"{name}: {summary} (generation {entry['generate_seconds']} s)")
+        if name.startswith("gglm"):
+            entry["detection"] = detection(name, work)
+            aucs = entry["detection"]["mask_rate"]
+            listed = ", ".join(f"{k} {v:.3f}" for k, v in aucs.items())
+            log(f"{name}: detection AUC (mask rate) {listed}")
+        systems[name] = entry
+        save_results(results_path, results)
+    first = next(iter(systems.values()), None)
+    if first:
+        log("signatures: BLEU " + first["valid"]["bleu_signature"])
+        log("signatures: chrF " + first["valid"]["chrf_signature"])
+    log(f"results: {results_path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,40 @@
+"""The Multi30k experiment runner end to end on a tiny slice (``--profile smoke``): data,
+sentencepiece, binarisation, four systems, generation, BLEU/chrF and detection AUCs."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+REPO = Path(__file__).resolve().parents[1]
+DATA = REPO.parent / "shared" / "data" / "multi30k"
+SYSTEMS = ("baseline", "gglm", "oracle", "finetune")
+
+
+@pytest.mark.skipif(not DATA.is_dir(), reason="../shared/data/multi30k is missing")
+def test_noisy_multi30k_smoke(tmp_path):
+    result = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "experiments" / "noisy_multi30k.py"),
+         "--profile", "smoke", "--work", str(tmp_path), "--noise", "0.4", "--seed", "1",
+         "--systems", ",".join(SYSTEMS), "--data", str(DATA)],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["setting"] == {"profile": "smoke", "noise": 0.4, "seed": 1}
+    assert results["data"]["train_pairs"] == 400
+    assert set(results["systems"]) == set(SYSTEMS)
+    for name in SYSTEMS:
+        entry = results["systems"][name]
+        for test_set in ("valid", "test_2016_flickr", "test_2017_flickr"):
+            assert isinstance(entry[test_set]["bleu"], float)
+            assert isinstance(entry[test_set]["chrf"], float)
+            assert entry[test_set]["bleu_signature"].startswith("nrefs:1")
+    aucs = results["systems"]["gglm"]["detection"]["mask_rate"]
+    assert {"all", "misaligned", "untranslated", "wrong_language", "truncated", "shuffled"} <= set(
+        aucs
+    )
+    assert all(0.0 <= auc <= 1.0 for auc in aucs.values())

@@ -61,12 +61,12 @@ def train_args(work: Path, name: str, args: argparse.Namespace) -> List[str]:
         "fairseq-train", str(work / "bin"), "--user-dir", user_dir(),
         "--arch", "transformer", "--share-all-embeddings",
         "--encoder-layers", "2", "--decoder-layers", "2",
-        "--encoder-embed-dim", "64", "--decoder-embed-dim", "64",
+        "--encoder-embed-dim", "128", "--decoder-embed-dim", "128",
         "--encoder-ffn-embed-dim", "256", "--decoder-ffn-embed-dim", "256",
         "--encoder-attention-heads", "4", "--decoder-attention-heads", "4", "--dropout", "0.1",
         "--optimizer", "adam", "--adam-betas", "(0.9, 0.98)", "--lr", "2e-3",
         "--lr-scheduler", "inverse_sqrt", "--warmup-updates", "100", "--label-smoothing", "0.1",
-        "--max-tokens", "1024", "--max-update", str(args.updates), "--seed", str(args.seed),
+        "--max-tokens", "2048", "--max-update", str(args.updates), "--seed", str(args.seed),
         "--cpu", "--num-workers", "0", "--save-dir", str(work / "checkpoints" / name),
         "--no-epoch-checkpoints", "--log-format", "simple",
         "--log-interval", "50", "--disable-validation",
@@ -76,7 +76,7 @@ def train_args(work: Path, name: str, args: argparse.Namespace) -> List[str]:
 SYSTEMS: Dict[str, Sequence[str]] = {
     "baseline": ["--task", "translation", "--criterion", "label_smoothed_cross_entropy"],
     "gglm": [
-        "--task", "translation_with_clean_set", "--clean-max-tokens", "256",
+        "--task", "translation_with_clean_set", "--clean-max-tokens", "512",
         "--criterion", "gradient_masked_cross_entropy",
     ],
 }  # fmt: skip
@@ -87,7 +87,7 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path("runs/demo"))
     parser.add_argument("--train", type=int, default=12000, help="training pairs")
     parser.add_argument("--clean", type=int, default=300, help="clean pairs")
-    parser.add_argument("--vocab", type=int, default=200, help="words per language")
+    parser.add_argument("--vocab", type=int, default=60, help="words per language")
     parser.add_argument("--noise", type=float, default=0.4, help="fraction of corrupted pairs")
     parser.add_argument("--updates", type=int, default=300, help="updates per system")
     parser.add_argument("--seed", type=int, default=1)

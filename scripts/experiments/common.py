@@ -283,3 +283,25 @@ def save_results(path: Path, results: Dict[str, object]) -> None:
 
 def profile_dict(profile: Profile) -> Dict[str, object]:
     return asdict(profile)
+
+
+def open_results(
+    work: Path, experiment: str, setting: Dict[str, object], profile: Profile,
+    argv: Sequence[str],
+) -> Tuple[Path, Dict[str, object]]:
+    """The run's results JSON, checked against ``setting`` and stamped with this command."""
+    results_path = work / "results.json"
+    results = load_results(results_path)
+    if results and results.get("setting") != setting:
+        raise SystemExit(f"{results_path} holds {results.get('setting')}; use another --work")
+    results.update(
+        experiment=experiment,
+        setting=setting,
+        profile_config=profile_dict(profile),
+        machine=machine(),
+    )
+    command_line = f"python scripts/experiments/{experiment}.py " + shlex.join(argv)
+    if command_line not in results.setdefault("commands", []):
+        results["commands"].append(command_line)
+    return results_path, results
+

@@ -50,11 +50,9 @@ from common import (
     encode,
     final_lr,
     generate,
-    load_results,
     log,
-    machine,
+    open_results,
     preprocess,
-    profile_dict,
     read_lines,
     record_scores,
     run,
@@ -251,20 +249,8 @@ def main(argv: List[str]) -> int:
     profile = PROFILES[args.profile]
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
-    results_path = work / "results.json"
-    results = load_results(results_path)
     setting = {"profile": args.profile, "noise": args.noise, "seed": args.seed}
-    if results and results.get("setting") != setting:
-        raise SystemExit(f"{results_path} holds {results.get('setting')}; use another --work")
-    results.update(
-        experiment="noisy_multi30k",
-        setting=setting,
-        profile_config=profile_dict(profile),
-        machine=machine(),
-    )
-    command_line = "python scripts/experiments/noisy_multi30k.py " + shlex.join(argv)
-    if command_line not in results.setdefault("commands", []):
-        results["commands"].append(command_line)
+    results_path, results = open_results(work, "noisy_multi30k", setting, profile, argv)
     if "data" not in results or not (work / "bin" / f"dict.{SRC}.txt").exists():
         results["data"] = prepare_data(args, profile, work)
         save_results(results_path, results)

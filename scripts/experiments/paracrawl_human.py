@@ -39,11 +39,9 @@ from common import (
     REPO,
     Profile,
     encode,
-    load_results,
     log,
-    machine,
+    open_results,
     preprocess,
-    profile_dict,
     read_lines,
     record_scores,
     run,
@@ -207,23 +205,11 @@ def main(argv: List[str]) -> int:
         profile = dataclasses.replace(profile, updates=args.updates)
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
-    results_path = work / "results.json"
-    results = load_results(results_path)
     setting = {
         "profile": args.profile, "seed": args.seed, "clean": args.clean,
         "multi30k_lines": args.multi30k_lines, "updates": profile.updates,
     }  # fmt: skip
-    if results and results.get("setting") != setting:
-        raise SystemExit(f"{results_path} holds {results.get('setting')}; use another --work")
-    results.update(
-        experiment="paracrawl_human",
-        setting=setting,
-        profile_config=profile_dict(profile),
-        machine=machine(),
-    )
-    command_line = "python scripts/experiments/paracrawl_human.py " + shlex.join(argv)
-    if command_line not in results.setdefault("commands", []):
-        results["commands"].append(command_line)
+    results_path, results = open_results(work, "paracrawl_human", setting, profile, argv)
     if "data" not in results or not (work / "bin" / f"dict.{SRC}.txt").exists():
         results["data"] = prepare_data(args, profile, work)
         save_results(results_path, results)

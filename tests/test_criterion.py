@@ -173,3 +173,18 @@ def test_explicit_jvp_engine_does_not_fall_back(data_bin, tmp_path, monkeypatch)
     _, model, criterion, sample, clean = setup(data_bin, tmp_path, "--gglm-engine", "jvp")
     with pytest.raises(NotImplementedError):
         masked_forward(criterion, model, sample, clean)
+
+
+def test_alignment_without_dropout_judges_the_eval_model(data_bin, tmp_path):
+    from gglm_fairseq.alignment import loop_aligned_loss
+
+    _, model, criterion, sample, clean = setup(
+        data_bin, tmp_path, "--dropout", "0.3", "--gglm-alignment-without-dropout"
+    )
+    masked_forward(criterion, model, sample, clean)
+    _, alignment, _ = criterion.take_pending()[0]
+    assert model.training  # put back in training mode
+    model.eval()
+    expected = loop_aligned_loss(model, criterion.token_losses, sample, clean.direction)
+    scale = expected.alignment.abs().max()
+    assert (alignment - expected.alignment).abs().max() / scale < 1e-4

@@ -28,6 +28,14 @@ _FIELDS = {
 }
 
 
+def fit_to(array: np.ndarray, size: int, fill: float = np.nan) -> np.ndarray:
+    """A per-example array cut or padded with ``fill`` to ``size`` examples: the record grows
+    in steps, so it can be longer or shorter than the corpus."""
+    out = np.full(size, fill, dtype=np.float64)
+    out[: min(size, len(array))] = array[:size]
+    return out
+
+
 class ExampleRecord:
     def __init__(self, size: int = 0) -> None:
         self.arrays: Dict[str, np.ndarray] = {

@@ -31,7 +31,7 @@ from matplotlib.figure import Figure
 from sklearn.metrics import roc_auc_score
 
 from gglm_fairseq.noise import read_lines, write_lines
-from gglm_fairseq.record import RECORD_FILE, ExampleRecord
+from gglm_fairseq.record import RECORD_FILE, ExampleRecord, fit_to
 
 OVERALL = "all"
 RANKED_COLUMNS = (
@@ -60,19 +60,13 @@ class _Stats(NamedTuple):
 
     @classmethod
     def fit(cls, record: ExampleRecord, size: int) -> _Stats:
-        # The record grows in steps, so it can be longer or shorter than the corpus.
-        def fitted(array: np.ndarray, fill: float) -> np.ndarray:
-            out = np.full(size, fill, dtype=np.float64)
-            out[: min(size, len(array))] = array[:size]
-            return out
-
-        seen = fitted(record.seen, 0)
+        seen = fit_to(record.seen, size, 0)
         return cls(
             seen=seen,
-            masked=fitted(record.masked, 0),
-            mask_rate=fitted(record.mask_rate(), math.nan),
-            alignment_mean=fitted(record.alignment_mean(), math.nan),
-            alignment_last=np.where(seen > 0, fitted(record.alignment_last, 0), math.nan),
+            masked=fit_to(record.masked, size, 0),
+            mask_rate=fit_to(record.mask_rate(), size),
+            alignment_mean=fit_to(record.alignment_mean(), size),
+            alignment_last=np.where(seen > 0, fit_to(record.alignment_last, size, 0), math.nan),
             history=record.history,
         )
 

@@ -10,7 +10,6 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
 
-import torch
 from fairseq import utils
 from fairseq.criterions import register_criterion
 from fairseq.criterions.label_smoothed_cross_entropy import (
@@ -236,7 +235,7 @@ class GradientMaskedCrossEntropyCriterion(LabelSmoothedCrossEntropyCriterion):
         direction = clean.direction if clean is not None else None
         if direction is None:
             token_losses, extras = self.token_losses(model, sample)
-            mask = torch.ones_like(token_losses)
+            mask = target_mask.to(token_losses.dtype)
             alignment = None
         else:
             aligned = self._aligned_loss(model, sample)
@@ -250,7 +249,7 @@ class GradientMaskedCrossEntropyCriterion(LabelSmoothedCrossEntropyCriterion):
             mask = unit_mask.unsqueeze(1) if self.granularity == "sentence" else unit_mask
             mask = mask.expand_as(token_losses).to(token_losses.dtype) * target_mask
             alignment = aligned.alignment
-        kept_tokens = (mask * target_mask).sum()
+        kept_tokens = mask.sum()  # the mask is zero at padding
         kept_sentences = (mask.sum(dim=1) > 0).sum()
         masked_loss = (token_losses * mask).sum()
         if self.sentence_avg:

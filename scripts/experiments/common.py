@@ -22,7 +22,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from gglm_fairseq.cli import user_dir
-from gglm_fairseq.record import RECORD_FILE, ExampleRecord
+from gglm_fairseq.record import RECORD_FILE, ExampleRecord, fit_to
 
 # Importing fairseq sets the root logger to DEBUG; the runners print their own progress.
 logging.getLogger().setLevel(logging.WARNING)
@@ -237,15 +237,9 @@ def score(hypotheses: Sequence[str], references: Sequence[str]) -> Dict[str, obj
 def record_scores(save_dir: Path, size: int) -> Dict[str, np.ndarray]:
     """Per training example: GGLM mask rate and mean alignment (NaN where never seen)."""
     record = ExampleRecord.load(str(save_dir / RECORD_FILE))
-
-    def fitted(array: np.ndarray) -> np.ndarray:
-        out = np.full(size, np.nan)
-        out[: min(size, len(array))] = array[:size]
-        return out
-
     return {
-        "mask_rate": fitted(record.mask_rate()),
-        "alignment_mean": fitted(record.alignment_mean()),
+        "mask_rate": fit_to(record.mask_rate(), size),
+        "alignment_mean": fit_to(record.alignment_mean(), size),
     }
 
 

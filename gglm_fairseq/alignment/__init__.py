@@ -22,6 +22,7 @@ from .core import (
 from .jvp import jvp_aligned_loss
 from .loop import loop_aligned_loss
 from .mask import SIMILARITIES, mask_from_scores, similarity
+from .precondition import adam_preconditioned
 from .vmap import vmap_aligned_loss
 
 ENGINES: Dict[str, Engine] = {
@@ -48,6 +49,7 @@ __all__ = [
     "AlignedLoss",
     "Engine",
     "TokenLossFn",
+    "adam_preconditioned",
     "get_engine",
     "gradient",
     "jvp_aligned_loss",

@@ -71,6 +71,15 @@ class GradientMaskedCrossEntropyConfig(LabelSmoothedCrossEntropyCriterionConfig)
         default=0.0,
         metadata={"help": "keep an example (token) when its similarity is above this"},
     )
+    gglm_preconditioner: ChoiceEnum(["none", "adam"]) = field(
+        default="none",
+        metadata={
+            "help": "measure alignments in the optimiser's geometry: adam = <grad l_i, P "
+            "g_clean> with P = 1/(sqrt(v_hat)+eps) from Adam's state, the first-order "
+            "change of the clean loss under the Adam step (ours; the raw gradient until "
+            "Adam's first step); none = the raw <grad l_i, g_clean>"
+        },
+    )
     gglm_warmup_updates: int = field(
         default=0,
         metadata={"help": "train unmasked for this many updates before masking starts"},

@@ -10,7 +10,7 @@ import filecmp
 import logging
 import os
 from dataclasses import dataclass, field
-from typing import Any, Dict, Iterator, List, Optional
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 from fairseq import utils
@@ -24,7 +24,7 @@ from fairseq.tasks.translation import (
 )
 from omegaconf import II
 
-from gglm_fairseq.alignment import gradient, trainable_parameters
+from gglm_fairseq.alignment import adam_preconditioned, gradient, trainable_parameters
 from gglm_fairseq.criterions.gradient_masked_cross_entropy import CleanGradient
 from gglm_fairseq.record import RECORD_FILE, ExampleRecord
 
@@ -107,6 +107,39 @@ def _quiet(logger: logging.Logger) -> Iterator[None]:
         yield
     finally:
         logger.setLevel(level)
+
+
+def adam_second_moment(
+    optimizer: Any, params: Sequence[torch.Tensor]
+) -> Optional[Tuple[List[torch.Tensor], float, float, float]]:
+    """Adam's exp_avg_sq shaped like ``params``, its step count, beta2 and eps, read from a
+    fairseq optimiser (plain, or fp16/bf16 with flat or per-parameter fp32 copies) or a torch
+    one; None before its first step. A clear error for an optimiser without them."""
+    inner = getattr(optimizer, "optimizer", optimizer)
+    groups = inner.param_groups
+    settings = {(tuple(g.get("betas", ())), g.get("eps")) for g in groups}
+    if any("betas" not in g or "eps" not in g for g in groups) or len(settings) != 1:
+        raise ValueError(
+            "--gglm-preconditioner adam needs an Adam optimiser (--optimizer adam) with one "
+            f"beta2 and eps for all parameters; got {type(inner).__name__}"
+        )
+    states = [inner.state.get(p) for g in groups for p in g["params"]]
+    if not states or any(not state or "exp_avg_sq" not in state for state in states):
+        return None
+    moments = [state["exp_avg_sq"] for state in states]
+    if [m.shape for m in moments] != [p.shape for p in params]:
+        # fairseq's fp16/bf16 optimiser keeps one flat fp32 copy of all parameters.
+        flat = [m.view(-1) for m in moments]
+        flat = flat[0] if len(flat) == 1 else torch.cat(flat)
+        sizes = [p.numel() for p in params]
+        if flat.numel() != sum(sizes):
+            raise ValueError(
+                "--gglm-preconditioner adam: the optimiser's state does not cover the model's "
+                "trainable parameters one to one (sharded optimiser state is not supported)"
+            )
+        moments = [chunk.view(p.shape) for chunk, p in zip(flat.split(sizes), params)]
+    (betas, eps), = settings
+    return moments, float(states[0]["step"]), float(betas[1]), float(eps)
 
 
 def _unwrapped(model: torch.nn.Module) -> torch.nn.Module:
@@ -230,10 +263,13 @@ class TranslationWithCleanSetTask(TranslationTask):
         return CleanBatches(make_epoch_iterator)
 
     # --- the clean gradient -----------------------------------------------------------
-    def clean_gradient(self, model: torch.nn.Module, criterion, update_num: int) -> CleanGradient:
+    def clean_gradient(
+        self, model: torch.nn.Module, criterion, update_num: int, optimizer: Any = None
+    ) -> CleanGradient:
         """The gradient of the mean per-token loss over update ``update_num``'s clean
-        batches (all data-parallel ranks together), cached for the clean-gradient interval
-        and, with ``--gglm-clean-grad-ema``, averaged with the earlier ones."""
+        batches (all data-parallel ranks together), cached for the clean-gradient interval,
+        with ``--gglm-clean-grad-ema`` averaged with the earlier ones, and with
+        ``--gglm-preconditioner adam`` seen through ``optimizer``'s second moment."""
         interval = criterion.cfg.gglm_clean_grad_interval
         anchor = update_num - update_num % interval
         if self._clean_cache is not None and self._clean_cache.update_num == anchor:
@@ -287,6 +323,10 @@ class TranslationWithCleanSetTask(TranslationTask):
             )
         else:
             grads = self._averaged(grads, criterion.cfg.gglm_clean_grad_ema)
+            if str(criterion.cfg.gglm_preconditioner) == "adam" and optimizer is not None:
+                state = adam_second_moment(optimizer, params)
+                if state is not None:
+                    grads = adam_preconditioned(grads, *state)
         self._clean_cache = CleanGradient(
             direction=grads if finite else None,
             loss=float(clean_loss),
@@ -318,7 +358,7 @@ class TranslationWithCleanSetTask(TranslationTask):
             self._restore_record(update_num)
         clean = None
         if criterion.masks_update(update_num):
-            clean = self.clean_gradient(model, criterion, update_num)
+            clean = self.clean_gradient(model, criterion, update_num, optimizer)
         criterion.begin_step(clean, record_examples=not ignore_grad)
         try:
             return super().train_step(

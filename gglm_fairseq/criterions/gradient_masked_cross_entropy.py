@@ -236,6 +236,13 @@ class GradientMaskedCrossEntropyCriterion(LabelSmoothedCrossEntropyCriterion):
             self.engine_name = "vmap"
             return self._aligned_loss(model, sample)
 
+    def unit_mask(self, scores: Tensor, sample: Dict[str, Any]) -> Tensor:
+        """1 for the sentences (B,) or tokens (B, T) to train on, from their scores; a
+        subclass may decide otherwise (the experiments' oracle and random controls)."""
+        if self.running_score:
+            scores = self.task.record.running_alignment(sample["id"], scores)
+        return mask_from_scores(scores, self.cfg.gglm_threshold)
+
     def forward(self, model: nn.Module, sample: Dict[str, Any], reduce: bool = True):
         target_mask = self._target_mask(sample)
         ntokens = sample["ntokens"]
@@ -252,9 +259,7 @@ class GradientMaskedCrossEntropyCriterion(LabelSmoothedCrossEntropyCriterion):
             scores = similarity(
                 aligned.alignment, self.similarity, aligned.gradient_norm, direction
             )
-            if self.running_score:
-                scores = self.task.record.running_alignment(sample["id"], scores)
-            unit_mask = mask_from_scores(scores, self.cfg.gglm_threshold)
+            unit_mask = self.unit_mask(scores, sample)
             mask = unit_mask.unsqueeze(1) if self.granularity == "sentence" else unit_mask
             mask = mask.expand_as(token_losses).to(token_losses.dtype) * target_mask
             alignment = aligned.alignment

@@ -22,7 +22,10 @@ Systems (same model, same number of updates of the same batch size):
   ``--gglm-args``; ``--tag T`` names the system ``gglm-T`` so variants sit side by side);
 - ``oracle``: only the uncorrupted pairs;
 - ``finetune``: the baseline trained on the clean set for a few more updates, with the
-  baseline's final learning rate held constant (fresh Adam state).
+  baseline's final learning rate held constant (fresh Adam state);
+- controls (``mask_controls/``): GGLM's pipeline masking exactly the injected-noise pairs
+  (``oracle-mask``, a perfect mask) or a random share ``--noise`` of the sentences
+  (``random-mask``): what masking costs at this budget, and what choosing well gains.
 
 Every system translates the validation set and both tests with beam 4 (last checkpoint),
 scored with sacrebleu BLEU and chrF. For GGLM systems the ROC-AUC of each pair's mask rate
@@ -69,7 +72,8 @@ from gglm_fairseq.report import detection_auc
 SRC, TGT, THIRD = "en", "de", "fr"
 CLEAN_LINES = 500  # val lines [0, 500) form the clean set, [500, 1014) the validation set
 EVAL_SETS = {"valid": "valid", "test": "test_2016_flickr", "test1": "test_2017_flickr"}
-SYSTEMS = ("baseline", "gglm", "oracle", "finetune")
+SYSTEMS = ("baseline", "gglm", "oracle", "finetune", "oracle-mask", "random-mask")
+CONTROLS = Path(__file__).resolve().parent / "mask_controls"
 
 
 def prepare_data(args: argparse.Namespace, profile: Profile, work: Path) -> Dict[str, object]:
@@ -154,6 +158,15 @@ def system_command(name: str, args: argparse.Namespace, profile: Profile, work: 
         return command + [
             "--task", "translation_with_clean_set", "--clean-subset", "clean",
             "--criterion", "gradient_masked_cross_entropy", *shlex.split(args.gglm_args),
+        ]  # fmt: skip
+    if kind.endswith("-mask"):
+        command = _set(command, "--user-dir", str(CONTROLS))
+        return command + [
+            "--task", "translation_with_clean_set", "--clean-subset", "clean",
+            "--criterion", "gglm_control_masked_cross_entropy",
+            *(["--mask-control", "labels", "--mask-labels", str(work / "text" / "train.labels")]
+              if kind == "oracle-mask" else
+              ["--mask-control", "random", "--mask-random-rate", str(args.noise)]),
         ]  # fmt: skip
     command += ["--task", "translation", "--criterion", "label_smoothed_cross_entropy"]
     if kind == "finetune":

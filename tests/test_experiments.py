@@ -12,6 +12,8 @@ pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data" / "multi30k"
 SYSTEMS = ("baseline", "gglm", "oracle", "finetune", "oracle-mask", "random-mask")
+sys.path.insert(0, str(REPO / "scripts" / "experiments"))
+from make_results import CONTROLS  # noqa: E402
 
 
 @pytest.mark.skipif(not DATA.is_dir(), reason="../shared/data/multi30k is missing")
@@ -38,3 +40,21 @@ def test_noisy_multi30k_smoke(tmp_path):
         aucs
     )
     assert all(0.0 <= auc <= 1.0 for auc in aucs.values())
+
+    # The results page is regenerated from that file: tables, targets, controls, plots.
+    out = tmp_path / "docs" / "results.md"
+    made = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "experiments" / "make_results.py"),
+         str(tmp_path / "results.json"), str(tmp_path / "missing" / "results.json"),
+         "--out", str(out), "--command", "run_all.sh --profile smoke"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert made.returncode == 0, made.stderr[-3000:]
+    page = out.read_text()
+    for heading in ("## Noisy Multi30k en-de, noise 0.4, profile smoke", "### Targets",
+                    "### What masking costs and what choosing gains (controls)",
+                    "### Noise detection", "## GGLM variants"):  # fmt: skip
+        assert heading in page, heading
+    assert "Not run (no results file)" in page and "run_all.sh --profile smoke" in page
+    assert f"| oracle-mask | {CONTROLS['oracle-mask']} |" in page
+    assert (out.parent / f"results_{tmp_path.name}_bleu.png").stat().st_size > 0

@@ -25,7 +25,14 @@ TESTS = ("test_2016_flickr", "test_2017_flickr")
 NOISE_TYPES = ("misaligned", "untranslated", "wrong_language", "truncated", "shuffled")
 PARACRAWL_LABELS = ("F", "E", "MT", "A", "T", "L")
 RELEASES = ("v3", "v6", "v6.2", "v7")
-MAIN_SYSTEMS = ("baseline", "gglm", "oracle", "finetune")
+# The controls of noisy_multi30k.py, and what each trains on in an update of the same size.
+CONTROLS = {
+    "baseline": "every pair of the noisy batch",
+    "random-mask": "the noisy batch with a random share p of its sentences masked",
+    "oracle-mask": "the noisy batch with exactly its injected-noise pairs masked (perfect mask)",
+    "gglm": "the noisy batch with GGLM's mask",
+    "oracle": "a full batch drawn from the uncorrupted pairs only",
+}
 
 
 def fmt(value: Optional[float], digits: int = 2) -> str:
@@ -129,6 +136,7 @@ def multi30k_section(results: Dict, key: str, docs: Path) -> List[str]:
     bleu_plot(results, plot)
     lines += [f"![BLEU per system]({plot.name})", ""]
     lines += targets(systems)
+    lines += controls(systems)
 
     gglm = {n: e for n, e in systems.items() if n.startswith("gglm") and "detection" in e}
     if gglm:
@@ -184,6 +192,41 @@ def targets(systems: Dict) -> List[str]:
         "gap closed.",
         "",
     ]
+
+
+def controls(systems: Dict) -> List[str]:
+    """Why GGLM wins or loses: the masking controls side by side, compared on validation."""
+    present = [name for name in CONTROLS if name in systems]
+    if not {"random-mask", "oracle-mask"} <= set(present):
+        return []
+    lines = [
+        "### What masking costs and what choosing gains (controls)",
+        "",
+        "The same pipeline, budget and renormalisation as GGLM with another mask; compared on "
+        "validation BLEU.",
+        "",
+    ]
+    rows = [
+        [name, CONTROLS[name], fmt(systems[name]["valid"]["bleu"]),
+         *(fmt(systems[name][test]["bleu"]) for test in TESTS)]
+        for name in present
+    ]  # fmt: skip
+    lines += table(["system", "trains on", "valid BLEU", *(f"{t} BLEU" for t in TESTS)], rows)
+    valid = {name: systems[name]["valid"]["bleu"] for name in present}
+    comparisons = [
+        ("random-mask", "baseline", "masking a random share of each batch (fewer tokens per "
+         "update)"),
+        ("oracle-mask", "random-mask", "choosing exactly the noisy pairs instead of random ones"),
+        ("oracle-mask", "baseline", "a perfect mask against no mask"),
+        ("gglm", "oracle-mask", "GGLM's mask against the perfect one"),
+        ("oracle", "oracle-mask", "full clean batches against masked noisy batches"),
+    ]  # fmt: skip
+    lines += [""] + [
+        f"- {text}: {valid[a] - valid[b]:+.2f} valid BLEU ({a} - {b})"
+        for a, b, text in comparisons
+        if a in valid and b in valid
+    ]
+    return lines + [""]
 
 
 def variants_section(runs: List[Dict]) -> List[str]:

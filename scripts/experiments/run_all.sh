@@ -1,22 +1,25 @@
 #!/usr/bin/env bash
-# Run every experiment of one profile and regenerate docs/results.md from the results.
+# Run the experiments and regenerate docs/results.md from their results.
 #
-#   scripts/experiments/run_all.sh --profile quick [--runs DIR] [--variants "warmup ema"]
+#   scripts/experiments/run_all.sh [--profiles "quick full"] [--runs DIR] [--variants "adam ema"]
 #
 # Steps (each skips what its results.json already holds with the same command):
-#   1. noisy Multi30k, noise 0.4: baseline, gglm, oracle, finetune
-#   2. ParaCrawl with human labels: one GGLM run, mask-rate AUC vs bicleaner
-#   3. GGLM variants on the noisy Multi30k data (chosen later on validation BLEU)
-#   4. scripts/experiments/make_results.py -> docs/results.md and docs/*.png
+#   quick (all systems in ~20-40 min on 2 cores):
+#     1. noisy Multi30k, noise 0.4: baseline, gglm, oracle, finetune and the two mask
+#        controls (oracle-mask, random-mask)
+#     2. ParaCrawl with human labels: one GGLM run, mask-rate AUC vs bicleaner
+#     3. GGLM variants on the same noisy Multi30k data (compared on validation BLEU)
+#   full (about 2 h on 2 cores): noisy Multi30k, noise 0.4: baseline, oracle, finetune, gglm
+#   last: scripts/experiments/make_results.py -> docs/results.md and docs/*.png
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
-profile=quick
+profiles="quick full"
 runs=runs
-variants="warmup clean-all ema running token"
+variants="adam warmup clean-all ema running token"
 while [ $# -gt 0 ]; do
   case "$1" in
-    --profile) profile="$2"; shift 2 ;;
+    --profiles) profiles="$2"; shift 2 ;;
     --runs) runs="$2"; shift 2 ;;
     --variants) variants="$2"; shift 2 ;;
     *) echo "unknown argument: $1" >&2; exit 2 ;;
@@ -25,6 +28,7 @@ done
 
 # Variant name -> extra GGLM flags.
 declare -A flags=(
+  [adam]="--gglm-preconditioner adam"
   [warmup]="--gglm-warmup-updates 100"
   [clean-all]="--clean-max-tokens 16384"
   [ema]="--gglm-clean-grad-ema 0.9"
@@ -32,18 +36,27 @@ declare -A flags=(
   [token]="--gglm-granularity token"
 )
 
-m30k="$runs/m30k-$profile-p0.4"
-python scripts/experiments/noisy_multi30k.py --profile "$profile" --work "$m30k" \
-  --noise 0.4 --seed 1 --systems baseline,gglm,oracle,finetune
-# quick: half the updates for ParaCrawl (the runs shared 2 cores with other jobs).
-paracrawl_updates=()
-[ "$profile" = quick ] && paracrawl_updates=(--updates 150)
-python scripts/experiments/paracrawl_human.py --profile "$profile" --work "$runs/paracrawl-$profile" \
-  "${paracrawl_updates[@]}"
-for name in $variants; do
+results=()
+for profile in $profiles; do
+  m30k="$runs/m30k-$profile-p0.4"
+  results+=("$m30k/results.json")
+  if [ "$profile" = full ]; then
+    python scripts/experiments/noisy_multi30k.py --profile full --work "$m30k" \
+      --noise 0.4 --seed 1 --systems baseline,oracle,finetune,gglm
+    continue
+  fi
   python scripts/experiments/noisy_multi30k.py --profile "$profile" --work "$m30k" \
-    --noise 0.4 --seed 1 --systems gglm --tag "$name" --gglm-args "${flags[$name]}"
+    --noise 0.4 --seed 1 --systems baseline,gglm,oracle,finetune,oracle-mask,random-mask
+  # quick: half the updates for ParaCrawl (the runs shared 2 cores with other jobs).
+  paracrawl_updates=()
+  [ "$profile" = quick ] && paracrawl_updates=(--updates 150)
+  python scripts/experiments/paracrawl_human.py --profile "$profile" \
+    --work "$runs/paracrawl-$profile" "${paracrawl_updates[@]}"
+  results+=("$runs/paracrawl-$profile/results.json")
+  for name in $variants; do
+    python scripts/experiments/noisy_multi30k.py --profile "$profile" --work "$m30k" \
+      --noise 0.4 --seed 1 --systems gglm --tag "$name" --gglm-args "${flags[$name]}"
+  done
 done
-python scripts/experiments/make_results.py "$m30k/results.json" \
-  "$runs/paracrawl-$profile/results.json" --out docs/results.md \
-  --command "scripts/experiments/run_all.sh --profile $profile"
+python scripts/experiments/make_results.py "${results[@]}" --out docs/results.md \
+  --command "scripts/experiments/run_all.sh --profiles \"$profiles\""

@@ -168,6 +168,23 @@ def train_args(
     ]  # fmt: skip
 
 
+MASK_CONTROLS = Path(__file__).resolve().parent / "mask_controls"
+
+
+def with_mask_control(
+    command: Sequence[str], control: str, labels: Path, noise: float
+) -> List[str]:
+    """A training command without a criterion, made a mask control (``oracle-mask``: the
+    labels' mask; ``random-mask``: a random share ``noise``): the controls' user dir and
+    criterion, which run GGLM's pipeline with that mask."""
+    out = list(command)
+    out[out.index("--user-dir") + 1] = str(MASK_CONTROLS)
+    mask = (["--mask-control", "labels", "--mask-labels", str(labels)]
+            if control == "oracle-mask" else
+            ["--mask-control", "random", "--mask-random-rate", str(noise)])  # fmt: skip
+    return [*out, "--criterion", "gglm_control_masked_cross_entropy", *mask]
+
+
 def final_lr(profile: Profile) -> float:
     """The inverse_sqrt learning rate at the last update (fine-tuning continues with it)."""
     return profile.lr * min(1.0, (profile.warmup / max(profile.updates, 1)) ** 0.5)

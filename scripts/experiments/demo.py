@@ -20,7 +20,16 @@ import time
 from pathlib import Path
 from typing import Dict, List, Sequence, Tuple
 
-from common import generate, log, preprocess, record_scores, run, score, write_lines
+from common import (
+    generate,
+    log,
+    preprocess,
+    record_scores,
+    run,
+    score,
+    with_mask_control,
+    write_lines,
+)
 
 from gglm_fairseq.cli import user_dir
 from gglm_fairseq.noise import corrupt
@@ -77,22 +86,10 @@ def train_args(work: Path, name: str, args: argparse.Namespace) -> List[str]:
 
 
 GGLM_TASK = ["--task", "translation_with_clean_set", "--clean-max-tokens", "512"]
-CONTROLS = Path(__file__).resolve().parent / "mask_controls"
 SYSTEMS: Dict[str, Sequence[str]] = {
     "baseline": ["--task", "translation", "--criterion", "label_smoothed_cross_entropy"],
     "gglm": [*GGLM_TASK, "--criterion", "gradient_masked_cross_entropy"],
 }
-
-
-def control_flags(work: Path, noise: float) -> Dict[str, Sequence[str]]:
-    """GGLM's pipeline masking exactly the noisy pairs, or a random share of the sentences."""
-    control = [*GGLM_TASK, "--user-dir", str(CONTROLS),
-               "--criterion", "gglm_control_masked_cross_entropy"]  # fmt: skip
-    return {
-        "oracle-mask": [*control, "--mask-control", "labels",
-                        "--mask-labels", str(work / "text" / "train.labels")],
-        "random-mask": [*control, "--mask-control", "random", "--mask-random-rate", str(noise)],
-    }  # fmt: skip
 
 
 def main() -> None:
@@ -123,10 +120,16 @@ def main() -> None:
     )  # fmt: skip
     references = (text / f"test.{TGT}").read_text(encoding="utf-8").splitlines()
     results: Dict[str, Dict[str, object]] = {}
-    systems = dict(SYSTEMS) if args.no_controls else {**SYSTEMS, **control_flags(work, args.noise)}
-    for name, flags in systems.items():
+    controls = () if args.no_controls else ("oracle-mask", "random-mask")
+    systems = [*SYSTEMS, *controls]
+    for name in systems:
         log(f"training {name} for {args.updates} updates (log: {work}/logs/{name}.log)")
-        seconds = run([*train_args(work, name, args), *flags], work / "logs" / f"{name}.log")
+        if name in controls:
+            command = with_mask_control([*train_args(work, name, args), *GGLM_TASK], name,
+                                        text / "train.labels", args.noise)  # fmt: skip
+        else:
+            command = [*train_args(work, name, args), *SYSTEMS[name]]
+        seconds = run(command, work / "logs" / f"{name}.log")
         checkpoint = work / "checkpoints" / name / "checkpoint_last.pt"
         hypotheses, _, _ = generate(
             work / "bin", checkpoint, "test", len(references), SRC, TGT, 4,

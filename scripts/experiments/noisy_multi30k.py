@@ -63,6 +63,7 @@ from common import (
     score,
     train_args,
     train_sentencepiece,
+    with_mask_control,
     write_lines,
 )
 
@@ -73,7 +74,6 @@ SRC, TGT, THIRD = "en", "de", "fr"
 CLEAN_LINES = 500  # val lines [0, 500) form the clean set, [500, 1014) the validation set
 EVAL_SETS = {"valid": "valid", "test": "test_2016_flickr", "test1": "test_2017_flickr"}
 SYSTEMS = ("baseline", "gglm", "oracle", "finetune", "oracle-mask", "random-mask")
-CONTROLS = Path(__file__).resolve().parent / "mask_controls"
 
 
 def prepare_data(args: argparse.Namespace, profile: Profile, work: Path) -> Dict[str, object]:
@@ -160,14 +160,8 @@ def system_command(name: str, args: argparse.Namespace, profile: Profile, work: 
             "--criterion", "gradient_masked_cross_entropy", *shlex.split(args.gglm_args),
         ]  # fmt: skip
     if kind.endswith("-mask"):
-        command = _set(command, "--user-dir", str(CONTROLS))
-        return command + [
-            "--task", "translation_with_clean_set", "--clean-subset", "clean",
-            "--criterion", "gglm_control_masked_cross_entropy",
-            *(["--mask-control", "labels", "--mask-labels", str(work / "text" / "train.labels")]
-              if kind == "oracle-mask" else
-              ["--mask-control", "random", "--mask-random-rate", str(args.noise)]),
-        ]  # fmt: skip
+        command += ["--task", "translation_with_clean_set", "--clean-subset", "clean"]
+        return with_mask_control(command, kind, work / "text" / "train.labels", args.noise)
     command += ["--task", "translation", "--criterion", "label_smoothed_cross_entropy"]
     if kind == "finetune":
         base = work / "checkpoints" / "baseline" / "checkpoint_last.pt"

@@ -2,6 +2,7 @@
 # Run the experiments and regenerate docs/results.md from their results.
 #
 #   scripts/experiments/run_all.sh [--profiles "quick full"] [--runs DIR] [--variants "adam ema"]
+#                                  [--noise-levels "0.2 0"]
 #
 # Steps (each skips what its results.json already holds with the same command):
 #   quick (all systems in ~20-40 min on 2 cores):
@@ -9,6 +10,8 @@
 #        controls (oracle-mask, random-mask)
 #     2. ParaCrawl with human labels: one GGLM run, mask-rate AUC vs bicleaner
 #     3. GGLM variants on the same noisy Multi30k data (compared on validation BLEU)
+#     4. noisy Multi30k at the other noise levels (default 0.2 and 0): baseline, gglm, oracle,
+#        finetune (no oracle at noise 0: it would train on the baseline's data)
 #   full (about 2 h on 2 cores): noisy Multi30k, noise 0.4: baseline, oracle, finetune, gglm
 #   last: scripts/experiments/make_results.py -> docs/results.md and docs/*.png
 set -euo pipefail
@@ -17,11 +20,13 @@ cd "$(dirname "$0")/../.."
 profiles="quick full"
 runs=runs
 variants="adam warmup clean-all ema running token"
+noise_levels="0.2 0"
 while [ $# -gt 0 ]; do
   case "$1" in
     --profiles) profiles="$2"; shift 2 ;;
     --runs) runs="$2"; shift 2 ;;
     --variants) variants="$2"; shift 2 ;;
+    --noise-levels) noise_levels="$2"; shift 2 ;;
     *) echo "unknown argument: $1" >&2; exit 2 ;;
   esac
 done
@@ -56,6 +61,13 @@ for profile in $profiles; do
   for name in $variants; do
     python scripts/experiments/noisy_multi30k.py --profile "$profile" --work "$m30k" \
       --noise 0.4 --seed 1 --systems gglm --tag "$name" --gglm-args "${flags[$name]}"
+  done
+  for noise in $noise_levels; do
+    systems=baseline,gglm,oracle,finetune
+    [ "$noise" = 0 ] && systems=baseline,gglm,finetune
+    python scripts/experiments/noisy_multi30k.py --profile "$profile" \
+      --work "$runs/m30k-$profile-p$noise" --noise "$noise" --seed 1 --systems "$systems"
+    results+=("$runs/m30k-$profile-p$noise/results.json")
   done
 done
 python scripts/experiments/make_results.py "${results[@]}" --out docs/results.md \

@@ -40,6 +40,21 @@ def test_noisy_multi30k_smoke(tmp_path):
         aucs
     )
     assert all(0.0 <= auc <= 1.0 for auc in aucs.values())
+    assert 0.0 <= results["systems"]["gglm"]["detection"]["neg_alignment_last"]["all"] <= 1.0
+
+    # A system already scored is skipped, but its detection scores are refreshed from the record.
+    del results["systems"]["gglm"]["detection"]["neg_alignment_last"]
+    (tmp_path / "results.json").write_text(json.dumps(results))
+    again = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "experiments" / "noisy_multi30k.py"),
+         "--profile", "smoke", "--work", str(tmp_path), "--noise", "0.4", "--seed", "1",
+         "--systems", "gglm", "--data", str(DATA)],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert again.returncode == 0, (again.stdout + again.stderr)[-3000:]
+    assert "gglm: already scored, skipped" in again.stdout + again.stderr
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert "neg_alignment_last" in results["systems"]["gglm"]["detection"]
 
     # The results page is regenerated from that file: tables, targets, controls, plots.
     out = tmp_path / "docs" / "results.md"
@@ -57,4 +72,5 @@ def test_noisy_multi30k_smoke(tmp_path):
         assert heading in page, heading
     assert "Not run (no results file)" in page and "run_all.sh --profile smoke" in page
     assert f"| oracle-mask | {CONTROLS['oracle-mask']} |" in page
+    assert "| gglm | neg_alignment_last |" in page
     assert (out.parent / f"results_{tmp_path.name}_bleu.png").stat().st_size > 0

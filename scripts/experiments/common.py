@@ -252,11 +252,14 @@ def score(hypotheses: Sequence[str], references: Sequence[str]) -> Dict[str, obj
 
 
 def record_scores(save_dir: Path, size: int) -> Dict[str, np.ndarray]:
-    """Per training example: GGLM mask rate and mean alignment (NaN where never seen)."""
+    """Per training example: GGLM mask rate, mean alignment and the alignment of its last
+    visit, the latest in training (NaN where never seen)."""
     record = ExampleRecord.load(str(save_dir / RECORD_FILE))
+    rate = fit_to(record.mask_rate(), size)
     return {
-        "mask_rate": fit_to(record.mask_rate(), size),
+        "mask_rate": rate,
         "alignment_mean": fit_to(record.alignment_mean(), size),
+        "alignment_last": np.where(np.isnan(rate), np.nan, fit_to(record.alignment_last, size)),
     }
 
 

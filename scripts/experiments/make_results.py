@@ -148,8 +148,10 @@ def multi30k_section(results: Dict, key: str, docs: Path) -> List[str]:
         lines += ["### Noise detection (ROC-AUC, noisy vs clean pairs)", ""]
         rows = []
         for name, entry in gglm.items():
-            for score_name in ("mask_rate", "neg_alignment_mean"):
-                aucs = entry["detection"][score_name]
+            for score_name in ("mask_rate", "neg_alignment_mean", "neg_alignment_last"):
+                aucs = entry["detection"].get(score_name)
+                if aucs is None:
+                    continue  # results written before this score existed
                 rows.append(
                     [name, score_name, fmt(aucs.get("all"), 3)]
                     + [fmt(aucs.get(t), 3) for t in NOISE_TYPES]
@@ -158,7 +160,9 @@ def multi30k_section(results: Dict, key: str, docs: Path) -> List[str]:
         lines += [
             "`mask_rate` = masked / seen per pair (the detector the targets refer to); "
             "`neg_alignment_mean` = minus the pair's mean alignment over the times it was seen "
-            "(a continuous score, shown for comparison).",
+            "(a continuous score, shown for comparison); `neg_alignment_last` = minus the "
+            "alignment of the pair's last visit alone, in the last epoch (one decision late in "
+            "training instead of the average over training).",
             "",
         ]
         main = gglm.get("gglm", next(iter(gglm.values())))

@@ -212,6 +212,8 @@ def detection(name: str, work: Path) -> Dict[str, Dict[str, float]]:
         "mask_rate": detection_auc(rate, labels, {CLEAN}),
         # Lower alignment = more suspect; a continuous score without the ties of the rate.
         "neg_alignment_mean": detection_auc(-scores["alignment_mean"], labels, {CLEAN}),
+        # The last visit alone (the last epoch): does the decision sharpen as training goes on?
+        "neg_alignment_last": detection_auc(-scores["alignment_last"], labels, {CLEAN}),
     }
     label_array = np.asarray(labels)
     result["mean_mask_rate"] = {
@@ -273,6 +275,9 @@ def main(argv: List[str]) -> int:
             continue
         if name in systems and systems[name].get("train_command") == command and not args.force:
             log(f"{name}: already scored, skipped")
+            if "detection" in systems[name]:  # cheap: scores from the record, newest metrics
+                systems[name]["detection"] = detection(name, work)
+                save_results(results_path, results)
             continue
         baseline = work / "checkpoints" / "baseline" / "checkpoint_last.pt"
         if name == "finetune" and not baseline.exists():

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 import tempfile
-from typing import Dict, Iterable, List
+from typing import BinaryIO, Callable, Dict, Iterable, List
 
 import numpy as np
 import torch
@@ -34,6 +34,22 @@ def fit_to(array: np.ndarray, size: int, fill: float = np.nan) -> np.ndarray:
     out = np.full(size, fill, dtype=np.float64)
     out[: min(size, len(array))] = array[:size]
     return out
+
+
+def write_atomically(path: str, write: Callable[[BinaryIO], None]) -> None:
+    """``write`` into a temporary file beside ``path``, then rename it: a reader (or a crash)
+    sees the old file or the new one, never half."""
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    handle, tmp = tempfile.mkstemp(dir=directory, prefix="." + os.path.basename(path) + ".")
+    try:
+        with os.fdopen(handle, "wb") as f:
+            write(f)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
 
 
 class ExampleRecord:
@@ -118,20 +134,12 @@ class ExampleRecord:
             )
 
     def save(self, path: str) -> None:
-        """Write atomically: a reader sees the old file or the new one, never half."""
-        directory = os.path.dirname(os.path.abspath(path))
-        os.makedirs(directory, exist_ok=True)
-        handle, tmp = tempfile.mkstemp(dir=directory, prefix=".gglm_record.", suffix=".npz")
-        try:
-            with os.fdopen(handle, "wb") as f:
-                np.savez(
-                    f, update_num=np.int64(self.update_num), history=self.history, **self.arrays
-                )
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        write_atomically(
+            path,
+            lambda f: np.savez(
+                f, update_num=np.int64(self.update_num), history=self.history, **self.arrays
+            ),
+        )
 
     @classmethod
     def load(cls, path: str) -> ExampleRecord:

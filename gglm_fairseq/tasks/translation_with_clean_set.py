@@ -26,9 +26,13 @@ from omegaconf import II
 
 from gglm_fairseq.alignment import adam_preconditioned, gradient, trainable_parameters
 from gglm_fairseq.criterions.gradient_masked_cross_entropy import CleanGradient
-from gglm_fairseq.record import RECORD_FILE, ExampleRecord
+from gglm_fairseq.record import RECORD_FILE, ExampleRecord, write_atomically
 
 logger = logging.getLogger(__name__)
+
+# Beside the checkpoints: the --gglm-clean-grad-ema average (fairseq's trainer does not hand
+# a task its saved state back on resume, so it is kept like the per-example record).
+CLEAN_AVERAGE_FILE = "gglm_clean_grad_ema.pt"
 
 
 class CleanSetError(ValueError):
@@ -356,6 +360,7 @@ class TranslationWithCleanSetTask(TranslationTask):
         self._criterion = criterion
         if not self._record_checked:
             self._restore_record(update_num)
+            self._restore_clean_average(update_num, criterion, model)
         clean = None
         if criterion.masks_update(update_num):
             clean = self.clean_gradient(model, criterion, update_num, optimizer)
@@ -406,10 +411,43 @@ class TranslationWithCleanSetTask(TranslationTask):
             )
         logger.info("gglm: restored the per-example record from %s", path)
 
+    def _clean_average_path(self, criterion) -> Optional[str]:
+        directory = self.cfg.gglm_record_dir
+        if not directory or criterion is None or criterion.cfg.gglm_clean_grad_ema <= 0:
+            return None
+        return os.path.join(directory, CLEAN_AVERAGE_FILE)
+
+    def _restore_clean_average(self, update_num: int, criterion, model) -> None:
+        path = self._clean_average_path(criterion)
+        if update_num == 0 or path is None:
+            return
+        if not os.path.exists(path):
+            logger.warning("gglm: no %s to resume from: the clean-gradient average starts "
+                           "again", path)  # fmt: skip
+            return
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+        params = trainable_parameters(_unwrapped(model))
+        average = saved["average"]
+        if [tuple(a.shape) for a in average] != [tuple(p.shape) for p in params]:
+            logger.warning("gglm: %s does not fit this model: the clean-gradient average "
+                           "starts again", path)  # fmt: skip
+            return
+        self._clean_average = [a.to(p.device) for a, p in zip(average, params)]
+        logger.info("gglm: restored the clean-gradient average of update %d from %s",
+                    saved["update_num"], path)  # fmt: skip
+
     def state_dict(self) -> Dict[str, Any]:
         # fairseq asks for the task state when it writes a checkpoint (on the saving rank
-        # only): the record goes next to the checkpoints at the same moment.
+        # only): the record and the clean-gradient average go next to the checkpoints at the
+        # same moment.
         path = self.record_path()
         if path is not None and len(self.record) > 0:
             self.record.save(path)
+        average_path = self._clean_average_path(self._criterion)
+        if average_path is not None and self._clean_average is not None:
+            state = {
+                "update_num": self._clean_cache.update_num,  # set with the average
+                "average": [a.detach().cpu() for a in self._clean_average],
+            }
+            write_atomically(average_path, lambda f: torch.save(state, f))
         return super().state_dict()

@@ -56,11 +56,30 @@ def test_noisy_multi30k_smoke(tmp_path):
     results = json.loads((tmp_path / "results.json").read_text())
     assert "neg_alignment_last" in results["systems"]["gglm"]["detection"]
 
-    # The results page is regenerated from that file: tables, targets, controls, plots.
+    # The alignment probe of the baseline: every clean gradient and parameter group scored.
+    probed = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "experiments" / "alignment_probe.py"),
+         "--work", str(tmp_path), "--system", "baseline", "--pairs", "60", "--clean-batches", "2",
+         "--clean-max-tokens", "256"],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert probed.returncode == 0, (probed.stdout + probed.stderr)[-3000:]
+    probe = json.loads((tmp_path / "probe-baseline.json").read_text())
+    assert probe["pairs"] == 60 and len(probe["clean_batch_tokens"]) == 2
+    kinds = {(row["direction"], row["parameters"], row["dropout"]) for row in probe["rows"]}
+    assert ("one clean batch #2", "all", True) in kinds
+    assert ("whole clean set", "cross-attention", False) in kinds
+    for row in probe["rows"]:
+        assert 0.0 <= row["auc"]["all"] <= 1.0 and 0.0 <= row["clean_masked"] <= 1.0
+        if row["direction"] == "whole clean set" and row["parameters"] == "all":
+            assert row["cosine_with_whole"] == 1.0
+
+    # The results page is regenerated from those files: tables, targets, controls, plots.
     out = tmp_path / "docs" / "results.md"
     made = subprocess.run(
         [sys.executable, str(REPO / "scripts" / "experiments" / "make_results.py"),
          str(tmp_path / "results.json"), str(tmp_path / "missing" / "results.json"),
+         str(tmp_path / "probe-baseline.json"),
          "--out", str(out), "--command", "run_all.sh --profile smoke"],
         capture_output=True, text=True, timeout=120,
     )  # fmt: skip
@@ -68,7 +87,7 @@ def test_noisy_multi30k_smoke(tmp_path):
     page = out.read_text()
     for heading in ("## Noisy Multi30k en-de, noise 0.4, profile smoke", "### Targets",
                     "### What masking costs and what choosing gains (controls)",
-                    "### Noise detection", "## GGLM variants"):  # fmt: skip
+                    "### Noise detection", "## GGLM variants", "## Alignment probe"):  # fmt: skip
         assert heading in page, heading
     assert "Not run (no results file)" in page and "run_all.sh --profile smoke" in page
     assert f"| oracle-mask | {CONTROLS['oracle-mask']} |" in page

@@ -316,6 +316,32 @@ def noise_levels_section(runs: List[Dict]) -> List[str]:
     ]
 
 
+def probe_section(results: Dict) -> List[str]:
+    """alignment_probe.py: detection at a fixed model, by clean gradient and parameter group."""
+    work = Path(results["work"]).name
+    lines = [
+        f"## Alignment probe: {results['system']} of `{work}` (a fixed model, nothing trained)",
+        "",
+        f"`{results['command']}`: the exact alignment of {results['pairs']} random training "
+        f"pairs against the gradient of the whole clean set ({results['clean_pairs']} pairs) "
+        f"or of one clean batch ({', '.join(map(str, results['clean_batch_tokens']))} target "
+        "tokens), over all parameters or one group (the direction is zero elsewhere), with "
+        "dropout off or on. AUC: ROC-AUC of minus the alignment, noisy vs clean; masked: the "
+        "share with alignment <= 0, what GGLM would mask.",
+        "",
+    ]
+    body = [
+        [row["direction"], row["parameters"], "on" if row["dropout"] else "off",
+         fmt(row["cosine_with_whole"], 3), fmt(row["clean_masked"], 3),
+         fmt(row["noisy_masked"], 3), fmt(row["auc"].get("all"), 3)]
+        + [fmt(row["auc"].get(t), 3) for t in NOISE_TYPES]
+        for row in results["rows"]
+    ]  # fmt: skip
+    header = ["clean gradient", "parameters", "dropout", "cosine with whole set",
+              "clean masked", "noisy masked", "AUC all", *NOISE_TYPES]  # fmt: skip
+    return lines + table(header, body) + [""]
+
+
 def paracrawl_section(results: Dict, key: str, docs: Path) -> List[str]:
     lines = [f"## ParaCrawl en-de with human labels (profile {results['setting']['profile']})", ""]
     lines += setting_lines(results) + [""]
@@ -357,7 +383,8 @@ def paracrawl_section(results: Dict, key: str, docs: Path) -> List[str]:
 
 def main(argv: List[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("results", nargs="+", help="results.json files of the runners")
+    parser.add_argument("results", nargs="+",
+                        help="results.json files of the runners, probe-*.json of the probe")
     parser.add_argument("--out", default="docs/results.md")
     parser.add_argument("--command", default="", help="the command that made the runs")
     args = parser.parse_args(argv)
@@ -388,6 +415,9 @@ def main(argv: List[str]) -> int:
         lines += multi30k_section(results, results["_key"], docs)
     lines += noise_levels_section(multi30k)
     lines += variants_section(multi30k)
+    for results in runs:
+        if results.get("experiment") == "alignment_probe":
+            lines += probe_section(results)
     for results in runs:
         if results.get("experiment") == "paracrawl_human":
             lines += paracrawl_section(results, results["_key"], docs)

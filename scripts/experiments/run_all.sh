@@ -12,7 +12,9 @@
 #     3. GGLM variants on the same noisy Multi30k data (compared on validation BLEU)
 #     4. noisy Multi30k at the other noise levels (default 0.2 and 0): baseline, gglm, oracle,
 #        finetune (no oracle at noise 0: it would train on the baseline's data)
-#   full (about 2 h on 2 cores): noisy Multi30k, noise 0.4: baseline, oracle, finetune, gglm
+#     5. the alignment probe of the noise-0.4 baseline (kept if its JSON exists)
+#   full (about 2 h on 2 cores): noisy Multi30k, noise 0.4: baseline, oracle, finetune, gglm,
+#     and the alignment probe of its baseline
 #   last: scripts/experiments/make_results.py -> docs/results.md and docs/*.png
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -42,12 +44,19 @@ declare -A flags=(
 )
 
 results=()
+# Which parameters and which clean gradient detect the noise, at the baseline's last checkpoint.
+probe() {
+  [ -f "$1/probe-baseline.json" ] || \
+    python scripts/experiments/alignment_probe.py --work "$1" --system baseline --pairs 2000
+  results+=("$1/probe-baseline.json")
+}
 for profile in $profiles; do
   m30k="$runs/m30k-$profile-p0.4"
   results+=("$m30k/results.json")
   if [ "$profile" = full ]; then
     python scripts/experiments/noisy_multi30k.py --profile full --work "$m30k" \
       --noise 0.4 --seed 1 --systems baseline,oracle,finetune,gglm
+    probe "$m30k"
     continue
   fi
   python scripts/experiments/noisy_multi30k.py --profile "$profile" --work "$m30k" \
@@ -62,6 +71,7 @@ for profile in $profiles; do
     python scripts/experiments/noisy_multi30k.py --profile "$profile" --work "$m30k" \
       --noise 0.4 --seed 1 --systems gglm --tag "$name" --gglm-args "${flags[$name]}"
   done
+  probe "$m30k"
   for noise in $noise_levels; do
     systems=baseline,gglm,oracle,finetune
     [ "$noise" = 0 ] && systems=baseline,gglm,finetune

@@ -26,6 +26,7 @@ def rows(config: Type, inherited_from: Type, component: str) -> List[str]:
         default = f.default
         choices = getattr(f.type, "__members__", None)
         default = "none" if default is None else str(getattr(default, "value", default))
+        default = default or "''"  # an empty string, not a blank cell
         flag = "--" + f.name.replace("_", "-")
         if choices:
             help_text += " (" + " / ".join(choices) + ")"

@@ -7,7 +7,7 @@ import torch
 from helpers import tiny_transformer
 from test_engines import assert_close, make_batch, random_direction, token_loss_fn
 
-from gglm_fairseq.alignment import get_engine
+from gglm_fairseq.alignment import get_engine, restricted, trainable_parameter_names
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts" / "experiments"))
 from alignment_probe import parameter_groups  # noqa: E402
@@ -16,7 +16,7 @@ from alignment_probe import parameter_groups  # noqa: E402
 def test_groups_partition_the_parameters_and_their_alignments_add_up():
     model, dictionary = tiny_transformer(share_all_embeddings=True)
     groups = parameter_groups(model)
-    names = [name for name, p in model.named_parameters() if p.requires_grad]
+    names = trainable_parameter_names(model)
     # Every trainable parameter in exactly one group; the tied embedding among "embeddings".
     assert [sum(member) for member in zip(*groups.values())] == [1] * len(names)
     assert groups["embeddings"][names.index("encoder.embed_tokens.weight")]
@@ -29,6 +29,5 @@ def test_groups_partition_the_parameters_and_their_alignments_add_up():
     full = engine(model, loss, batch, direction).alignment
     parts = torch.zeros_like(full)
     for member in groups.values():
-        restricted = [d if m else torch.zeros_like(d) for d, m in zip(direction, member)]
-        parts += engine(model, loss, batch, restricted).alignment
+        parts += engine(model, loss, batch, restricted(direction, member)).alignment
     assert_close(parts, full)

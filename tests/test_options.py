@@ -66,9 +66,35 @@ def test_running_score_masks_on_the_history(data_bin, tmp_path):
     assert log["gglm_sentences_masked"] == len(ids) and sample_size == 0
 
 
+def test_clean_gradient_restricted_to_chosen_parameters(data_bin, tmp_path):
+    task, model, criterion = build(
+        train_args(data_bin, tmp_path / "c", "--gglm-parameters", r"encoder_attn\.")
+    )
+    clean = task.clean_gradient(model, criterion, 0).direction
+    full = gradient_of(model, criterion, [task.clean_batch_iterators(model).batch(0)])
+    names = [name for name, p in model.named_parameters() if p.requires_grad]
+    assert any("encoder_attn." in name for name in names)
+    for name, got, want in zip(names, clean, full):
+        if "encoder_attn." in name:
+            assert torch.allclose(got, want, atol=1e-6) and want.abs().sum() > 0, name
+        else:
+            assert not got.any(), name
+
+
+def test_chosen_parameters_must_exist(data_bin, tmp_path):
+    task, model, criterion = build(
+        train_args(data_bin, tmp_path / "c", "--gglm-parameters", "no_such_layer")
+    )
+    with pytest.raises(ValueError, match="'no_such_layer' matches no trainable parameter"):
+        task.clean_gradient(model, criterion, 0)
+
+
 @pytest.mark.parametrize(
     "flags, message",
     [
+        (["--gglm-parameters", "encoder_attn(["], "--gglm-parameters: bad regular expression"),
+        (["--gglm-parameters", "fc1", "--gglm-similarity", "cosine", "--gglm-threshold", "0.1",
+          "--gglm-engine", "vmap"], "--gglm-parameters with --gglm-similarity cosine"),
         (["--gglm-clean-grad-ema", "1.0"], "--gglm-clean-grad-ema must be in"),
         (["--gglm-score", "running", "--gglm-granularity", "token"], "--gglm-score running"),
         (["--clean-batches-per-update", "0"], "--clean-batches-per-update must be >= 1"),

@@ -11,6 +11,7 @@ of :func:`trainable_parameters`.
 from __future__ import annotations
 
 import contextlib
+import re
 from typing import Any, Callable, Iterator, List, NamedTuple, Sequence, Tuple
 
 import torch
@@ -41,6 +42,30 @@ Engine = Callable[..., AlignedLoss]
 def trainable_parameters(model: nn.Module) -> List[nn.Parameter]:
     """Distinct parameters that require grad; a tied parameter appears once."""
     return [p for p in model.parameters() if p.requires_grad]
+
+
+def trainable_parameter_names(model: nn.Module) -> List[str]:
+    """The names of :func:`trainable_parameters`, in the same order (a tied parameter under
+    the first name it is registered with)."""
+    return [name for name, p in model.named_parameters() if p.requires_grad]
+
+
+def selected_parameters(model: nn.Module, pattern: str) -> List[bool]:
+    """For each trainable parameter, whether its name matches the regular expression
+    ``pattern`` (``re.search``); a clear error when none does."""
+    names = trainable_parameter_names(model)
+    selected = [re.search(pattern, name) is not None for name in names]
+    if not any(selected):
+        raise ValueError(
+            f"{pattern!r} matches no trainable parameter; names look like {names[:3]}"
+        )
+    return selected
+
+
+def restricted(direction: Sequence[Tensor], selected: Sequence[bool]) -> List[Tensor]:
+    """The direction with zeros outside the selected parameters: alignments against it are
+    the alignments of those parameters alone (the inner product is a sum over parameters)."""
+    return [d if keep else torch.zeros_like(d) for d, keep in zip(direction, selected)]
 
 
 @contextlib.contextmanager

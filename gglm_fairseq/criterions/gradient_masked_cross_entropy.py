@@ -7,6 +7,7 @@ update through :meth:`begin_step`; the alignment math lives in :mod:`gglm_fairse
 
 import logging
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -78,6 +79,14 @@ class GradientMaskedCrossEntropyConfig(LabelSmoothedCrossEntropyCriterionConfig)
             "g_clean> with P = 1/(sqrt(v_hat)+eps) from Adam's state, the first-order "
             "change of the clean loss under the Adam step (ours; the raw gradient until "
             "Adam's first step); none = the raw <grad l_i, g_clean>"
+        },
+    )
+    gglm_parameters: str = field(
+        default="",
+        metadata={
+            "help": "measure alignments over the parameters whose names match this regular "
+            "expression only (the clean gradient is zero elsewhere), e.g. 'encoder_attn' for "
+            "the decoder's cross-attention (ours); empty: all parameters"
         },
     )
     gglm_warmup_updates: int = field(
@@ -161,6 +170,16 @@ class GradientMaskedCrossEntropyCriterion(LabelSmoothedCrossEntropyCriterion):
                 "--gglm-similarity cosine with a non-zero --gglm-threshold needs gradient "
                 "norms, which the jvp engine does not compute: use --gglm-engine vmap or loop"
             )
+        if cfg.gglm_parameters:
+            try:
+                re.compile(cfg.gglm_parameters)
+            except re.error as error:
+                raise ValueError(f"--gglm-parameters: bad regular expression ({error})") from None
+            if self.needs_norms:
+                raise ValueError(
+                    "--gglm-parameters with --gglm-similarity cosine and a non-zero threshold "
+                    "is not supported: the per-example gradient norms span all parameters"
+                )
         self._fallback_warned = False
         # Set by the task for each training micro-batch (None: plain training).
         self.clean: Optional[CleanGradient] = None

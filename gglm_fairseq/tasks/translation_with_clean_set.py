@@ -24,7 +24,13 @@ from fairseq.tasks.translation import (
 )
 from omegaconf import II
 
-from gglm_fairseq.alignment import adam_preconditioned, gradient, trainable_parameters
+from gglm_fairseq.alignment import (
+    adam_preconditioned,
+    gradient,
+    restricted,
+    selected_parameters,
+    trainable_parameters,
+)
 from gglm_fairseq.criterions.gradient_masked_cross_entropy import CleanGradient
 from gglm_fairseq.record import RECORD_FILE, ExampleRecord, write_atomically
 
@@ -326,6 +332,8 @@ class TranslationWithCleanSetTask(TranslationTask):
                 update_num,
             )
         else:
+            if criterion.cfg.gglm_parameters:
+                grads = restricted(grads, selected_parameters(base, criterion.cfg.gglm_parameters))
             grads = self._averaged(grads, criterion.cfg.gglm_clean_grad_ema)
             if str(criterion.cfg.gglm_preconditioner) == "adam" and optimizer is not None:
                 state = adam_second_moment(optimizer, params)

@@ -12,7 +12,8 @@ alignment a_i = <grad l_i, g> exactly (the ``jvp`` engine) for
 - g = the gradient of the **whole** clean set, and g = the gradient of **one** clean batch of
   ``--clean-max-tokens`` (what an update uses by default), for several different batches;
 - the alignment restricted to one group of parameters (embeddings, encoder, decoder
-  self-attention, cross-attention, decoder feed-forward; the direction is zero elsewhere);
+  self-attention, cross-attention, decoder feed-forward; the direction is zero elsewhere, as
+  with ``--gglm-parameters``);
 - dropout off, and dropout on (as in the training forward).
 
 For each it reports the ROC-AUC of -a_i against the injected-noise labels (all noise and per
@@ -36,7 +37,13 @@ import torch
 from common import log, read_lines
 from fairseq import checkpoint_utils
 
-from gglm_fairseq.alignment import get_engine, gradient, trainable_parameters
+from gglm_fairseq.alignment import (
+    get_engine,
+    gradient,
+    restricted,
+    trainable_parameter_names,
+    trainable_parameters,
+)
 from gglm_fairseq.criterions.gradient_masked_cross_entropy import (
     GradientMaskedCrossEntropyConfig,
     GradientMaskedCrossEntropyCriterion,
@@ -57,7 +64,7 @@ GROUPS = {
 
 def parameter_groups(model: torch.nn.Module) -> Dict[str, List[bool]]:
     """Group name -> for each trainable parameter (in engine order), whether it belongs."""
-    names = [name for name, p in model.named_parameters() if p.requires_grad]
+    names = trainable_parameter_names(model)
     groups: Dict[str, List[bool]] = {}
     claimed = [False] * len(names)
     for group, pattern in GROUPS.items():
@@ -184,8 +191,8 @@ def main(argv: List[str]) -> int:
     for group, member in parameter_groups(model).items():
         if not any(member):
             continue
-        restricted = [g if m else torch.zeros_like(g) for g, m in zip(whole, member)]
-        a = alignments(model, criterion, train_batches, restricted, len(labels), False)
+        direction = restricted(whole, member)
+        a = alignments(model, criterion, train_batches, direction, len(labels), False)
         rows.append({"direction": "whole clean set", "parameters": group, "dropout": False,
                      "cosine_with_whole": None, **summary(a, labels)})
         log(f"parameters {group}: AUC {rows[-1]['auc'].get('all')}")

@@ -47,6 +47,10 @@ def table(header: List[str], rows: List[List[str]]) -> List[str]:
     return lines + ["| " + " | ".join(row) + " |" for row in rows]
 
 
+def percent(value: Optional[float]) -> str:
+    return "–" if value is None else f"{100 * value:.1f}%"
+
+
 def minutes(seconds: Optional[float]) -> str:
     return "–" if seconds is None else f"{seconds / 60:.1f}"
 
@@ -124,17 +128,21 @@ def multi30k_section(results: Dict, key: str, docs: Path) -> List[str]:
         row.append(fmt(entry.get("valid", {}).get("bleu")))
         for test in TESTS:
             row += [fmt(entry.get(test, {}).get("bleu")), fmt(entry.get(test, {}).get("chrf"))]
+        first_test = entry.get(TESTS[0], {})
+        row.append(" / ".join(percent(first_test.get(k)) for k in ("copied", "french")))
         row += [minutes(entry.get("train_seconds")), minutes(entry.get("generate_seconds"))]
         rows.append(row)
     header = ["system", "extra flags", "valid BLEU"]
     for test in TESTS:
         header += [f"{test} BLEU", f"{test} chrF"]
-    header += ["train min", "generate min"]
+    header += [f"{TESTS[0]} outputs copied / French", "train min", "generate min"]
     lines += table(header, rows) + [""]
     first = next(iter(systems.values()))
     lines += [
         f"sacrebleu signatures: BLEU `{first['valid']['bleu_signature']}`, "
-        f"chrF `{first['valid']['chrf_signature']}`. Validation = the `valid_set` above.",
+        f"chrF `{first['valid']['chrf_signature']}`. Validation = the `valid_set` above. "
+        "Outputs copied: identical to the English source; French: more French than German "
+        "function words (a heuristic; the wrong-language noise is French).",
         "",
     ]
     plot = docs / f"results_{key}_bleu.png"

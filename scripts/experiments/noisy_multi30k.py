@@ -43,7 +43,7 @@ import sys
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Sequence
 
 import numpy as np
 from common import (
@@ -202,6 +202,34 @@ def evaluate(name: str, work: Path, profile: Profile) -> Dict[str, object]:
     return out
 
 
+# Function words that tell French output from German (the wrong-language noise is French).
+FRENCH_WORDS = frozenset("le la les de des du une est et dans sur avec au aux qui".split())
+GERMAN_WORDS = frozenset(
+    "der die das den dem ein eine einem einer einen und mit auf im ist".split()
+)
+
+
+def output_shares(hypotheses: Sequence[str], sources: Sequence[str]) -> Dict[str, float]:
+    """What the noise can teach a model to do wrong: the share of outputs that copy the
+    source exactly, and the share whose French function words outnumber the German ones."""
+
+    def french(line: str) -> bool:
+        words = line.lower().split()
+        return sum(w in FRENCH_WORDS for w in words) > sum(w in GERMAN_WORDS for w in words)
+
+    n = max(len(hypotheses), 1)
+    copied = sum(h.strip() == s.strip() for h, s in zip(hypotheses, sources))
+    return {"copied": round(copied / n, 4), "french": round(sum(map(french, hypotheses)) / n, 4)}
+
+
+def add_output_shares(entry: Dict[str, object], name: str, work: Path) -> None:
+    """output_shares of each evaluation set, from the hypotheses ``evaluate`` wrote."""
+    for subset, label in EVAL_SETS.items():
+        hypotheses = read_lines(work / "hyp" / f"{name}.{label}.{TGT}")
+        sources = read_lines(work / "text" / f"{subset}.{SRC}")
+        entry[label].update(output_shares(hypotheses, sources))
+
+
 def detection(name: str, work: Path) -> Dict[str, Dict[str, float]]:
     """ROC-AUC of GGLM's per-pair scores against the injected noise labels."""
     labels = read_lines(work / "text" / "train.labels")
@@ -275,9 +303,11 @@ def main(argv: List[str]) -> int:
             continue
         if name in systems and systems[name].get("train_command") == command and not args.force:
             log(f"{name}: already scored, skipped")
-            if "detection" in systems[name]:  # cheap: scores from the record, newest metrics
+            # Cheap, from the record and the written outputs: the newest metrics.
+            add_output_shares(systems[name], name, work)
+            if "detection" in systems[name]:
                 systems[name]["detection"] = detection(name, work)
-                save_results(results_path, results)
+            save_results(results_path, results)
             continue
         baseline = work / "checkpoints" / "baseline" / "checkpoint_last.pt"
         if name == "finetune" and not baseline.exists():
@@ -292,6 +322,7 @@ def main(argv: List[str]) -> int:
             "train_seconds": round(train_seconds, 1),
         }
         entry.update(evaluate(name, work, profile))
+        add_output_shares(entry, name, work)
         summary = ", ".join(
             f"{label} BLEU {entry[label]['bleu']} chrF {entry[label]['chrf']}"
             for label in EVAL_SETS.values()

@@ -21,7 +21,7 @@ cd "$(dirname "$0")/../.."
 
 profiles="quick full"
 runs=runs
-variants="adam warmup clean-all ema running token cross-attention no-dropout"
+variants="adam warmup clean-all ema running token cross-attention"
 noise_levels="0.2 0"
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -42,14 +42,13 @@ declare -A flags=(
   [running]="--gglm-score running"
   [token]="--gglm-granularity token"
   [cross-attention]="--gglm-parameters encoder_attn"
-  [no-dropout]="--gglm-alignment-without-dropout"
 )
 
 results=()
 # Which parameters and which clean gradient detect the noise, at the baseline's last checkpoint.
 probe() {
   [ -f "$1/probe-baseline.json" ] || \
-    python scripts/experiments/alignment_probe.py --work "$1" --system baseline --pairs 1500
+    python scripts/experiments/alignment_probe.py --work "$1" --system baseline --pairs 1000
   results+=("$1/probe-baseline.json")
 }
 for profile in $profiles; do

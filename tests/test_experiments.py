@@ -11,7 +11,8 @@ import pytest
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data" / "multi30k"
-SYSTEMS = ("baseline", "gglm", "oracle", "finetune", "oracle-mask", "random-mask")
+SYSTEMS = ("baseline", "gglm", "oracle", "finetune", "finetune-gglm", "oracle-mask",
+           "random-mask")  # fmt: skip
 sys.path.insert(0, str(REPO / "scripts" / "experiments"))
 from make_results import CONTROLS  # noqa: E402
 

@@ -35,8 +35,8 @@ def test_noise_levels_table_rows_by_noise_with_gain_and_mask_rates():
     assert lines[0] == "## Across noise levels (noisy Multi30k, seed 1)"
     rows = [line for line in lines if line.startswith("| quick")]
     # Highest noise first; oracle missing at noise 0; noisy mask rate = mean over types.
-    assert rows[0] == "| quick | 0.4 | 7.00 | 8.00 | 11.00 | – | 2.50 / 2.50 | 0.100 | 0.400 |"
-    assert rows[1] == "| quick | 0.0 | 20.00 | 19.50 | – | – | -1.00 / -1.00 | 0.200 | – |"
+    assert rows[0] == "| quick | 0.4 | 7.00 | 8.00 | 11.00 | – | – | 2.50 / 2.50 | 0.100 | 0.400 |"
+    assert rows[1] == "| quick | 0.0 | 20.00 | 19.50 | – | – | – | -1.00 / -1.00 | 0.200 | – |"
 
 
 def test_noise_levels_table_needs_two_runs():

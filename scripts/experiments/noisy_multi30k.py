@@ -22,7 +22,8 @@ Systems (same model, same number of updates of the same batch size):
   ``--gglm-args``; ``--tag T`` names the system ``gglm-T`` so variants sit side by side);
 - ``oracle``: only the uncorrupted pairs;
 - ``finetune``: the baseline trained on the clean set for a few more updates, with the
-  baseline's final learning rate held constant (fresh Adam state);
+  baseline's final learning rate held constant (fresh Adam state); ``finetune-gglm``: GGLM's
+  model fine-tuned the same way (needs ``gglm``);
 - controls (``mask_controls/``): GGLM's pipeline masking exactly the injected-noise pairs
   (``oracle-mask``, a perfect mask) or a random share ``--noise`` of the sentences
   (``random-mask``): what masking costs at this budget, and what choosing well gains.
@@ -73,7 +74,9 @@ from gglm_fairseq.report import detection_auc
 SRC, TGT, THIRD = "en", "de", "fr"
 CLEAN_LINES = 500  # val lines [0, 500) form the clean set, [500, 1014) the validation set
 EVAL_SETS = {"valid": "valid", "test": "test_2016_flickr", "test1": "test_2017_flickr"}
-SYSTEMS = ("baseline", "gglm", "oracle", "finetune", "oracle-mask", "random-mask")
+SYSTEMS = ("baseline", "gglm", "oracle", "finetune", "finetune-gglm", "oracle-mask", "random-mask")
+# The fine-tuned systems start from these systems' last checkpoints.
+FINETUNED = {"finetune": "baseline", "finetune-gglm": "gglm"}
 
 
 def prepare_data(args: argparse.Namespace, profile: Profile, work: Path) -> Dict[str, object]:
@@ -163,8 +166,8 @@ def system_command(name: str, args: argparse.Namespace, profile: Profile, work: 
         command += ["--task", "translation_with_clean_set", "--clean-subset", "clean"]
         return with_mask_control(command, kind, work / "text" / "train.labels", args.noise)
     command += ["--task", "translation", "--criterion", "label_smoothed_cross_entropy"]
-    if kind == "finetune":
-        base = work / "checkpoints" / "baseline" / "checkpoint_last.pt"
+    if kind in FINETUNED:
+        base = work / "checkpoints" / FINETUNED[kind] / "checkpoint_last.pt"
         # Replace the budget and schedule: a few updates on the clean split at a fixed lr.
         command = _set(command, "--max-update", str(profile.finetune_updates))
         command = _set(command, "--lr", f"{final_lr(profile):.6g}")
@@ -309,9 +312,9 @@ def main(argv: List[str]) -> int:
                 systems[name]["detection"] = detection(name, work)
             save_results(results_path, results)
             continue
-        baseline = work / "checkpoints" / "baseline" / "checkpoint_last.pt"
-        if name == "finetune" and not baseline.exists():
-            raise SystemExit("finetune needs the baseline: run --systems baseline first")
+        start = FINETUNED.get(name)
+        if start and not (work / "checkpoints" / start / "checkpoint_last.pt").exists():
+            raise SystemExit(f"{name} needs {start}: run --systems {start} first")
         shutil.rmtree(work / "checkpoints" / name, ignore_errors=True)
         log(f"{name}: training ({' '.join(command[-8:])})")
         train_seconds = run(command, work / "logs" / f"train-{name}.log")

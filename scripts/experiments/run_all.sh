@@ -6,15 +6,16 @@
 #
 # Steps (each skips what its results.json already holds with the same command):
 #   quick (all systems in ~20-40 min on 2 cores):
-#     1. noisy Multi30k, noise 0.4: baseline, gglm, oracle, finetune and the two mask
-#        controls (oracle-mask, random-mask)
+#     1. noisy Multi30k, noise 0.4: baseline, gglm, oracle, finetune (the baseline
+#        fine-tuned on the clean set), finetune-gglm (GGLM's model fine-tuned the same way)
+#        and the two mask controls (oracle-mask, random-mask)
 #     2. ParaCrawl with human labels: one GGLM run, mask-rate AUC vs bicleaner
 #     3. GGLM variants on the same noisy Multi30k data (compared on validation BLEU)
 #     4. noisy Multi30k at the other noise levels (default 0.2 and 0): baseline, gglm, oracle,
 #        finetune (no oracle at noise 0: it would train on the baseline's data)
 #     5. the alignment probe of the noise-0.4 baseline (kept if its JSON exists)
 #   full (about 2 h on 2 cores): noisy Multi30k, noise 0.4: baseline, oracle, finetune, gglm,
-#     and the alignment probe of its baseline
+#     finetune-gglm, and the alignment probe of its baseline
 #   last: scripts/experiments/make_results.py -> docs/results.md and docs/*.png
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -56,12 +57,12 @@ for profile in $profiles; do
   results+=("$m30k/results.json")
   if [ "$profile" = full ]; then
     python scripts/experiments/noisy_multi30k.py --profile full --work "$m30k" \
-      --noise 0.4 --seed 1 --systems baseline,oracle,finetune,gglm
+      --noise 0.4 --seed 1 --systems baseline,oracle,finetune,gglm,finetune-gglm
     probe "$m30k"
     continue
   fi
   python scripts/experiments/noisy_multi30k.py --profile "$profile" --work "$m30k" \
-    --noise 0.4 --seed 1 --systems baseline,gglm,oracle,finetune,oracle-mask,random-mask
+    --noise 0.4 --seed 1 --systems baseline,gglm,oracle,finetune,finetune-gglm,oracle-mask,random-mask
   # quick: half the updates for ParaCrawl (the runs shared 2 cores with other jobs).
   paracrawl_updates=()
   [ "$profile" = quick ] && paracrawl_updates=(--updates 150)

@@ -27,7 +27,6 @@ from omegaconf import II
 from gglm_fairseq.alignment import (
     adam_preconditioned,
     gradient,
-    restricted,
     selected_parameters,
     trainable_parameters,
 )
@@ -171,6 +170,7 @@ class TranslationWithCleanSetTask(TranslationTask):
         self._record_checked = False
         self._clean_cache: Optional[CleanGradient] = None
         self._clean_average: Optional[List[torch.Tensor]] = None
+        self._selected: Optional[List[bool]] = None  # --gglm-parameters, once known
         self._criterion = None
 
     # --- data -------------------------------------------------------------------------
@@ -333,7 +333,11 @@ class TranslationWithCleanSetTask(TranslationTask):
             )
         else:
             if criterion.cfg.gglm_parameters:
-                grads = restricted(grads, selected_parameters(base, criterion.cfg.gglm_parameters))
+                if self._selected is None:  # the names and the pattern are fixed for the run
+                    self._selected = selected_parameters(base, criterion.cfg.gglm_parameters)
+                for g, keep in zip(grads, self._selected):
+                    if not keep:
+                        g.zero_()  # fresh tensors: zeroed in place, nothing allocated per update
             grads = self._averaged(grads, criterion.cfg.gglm_clean_grad_ema)
             if str(criterion.cfg.gglm_preconditioner) == "adam" and optimizer is not None:
                 state = adam_second_moment(optimizer, params)

@@ -261,14 +261,13 @@ def controls(systems: Dict) -> List[str]:
 def variants_section(runs: List[Dict]) -> List[str]:
     rows = []
     for results in runs:
-        for name, entry in results.get("systems", {}).items():
-            if name.startswith("gglm") or name == "baseline":
-                rows.append((results["setting"], name, entry, results))
+        # Ranked within each run: a variant is compared only with systems on the same data.
+        entries = [(name, entry) for name, entry in results.get("systems", {}).items()
+                   if name.startswith("gglm") or name == "baseline"]  # fmt: skip
+        entries.sort(key=lambda item: -item[1]["valid"]["bleu"])
+        rows += [(results["setting"], name, entry) for name, entry in entries]
     if not rows:
         return []
-    # Within each run (a variant is compared only with systems trained on the same data).
-    order = {id(results): i for i, results in enumerate(runs)}
-    rows.sort(key=lambda r: (order[id(r[3])], -r[2]["valid"]["bleu"]))
     lines = [
         "## GGLM variants (chosen on validation BLEU)",
         "",
@@ -282,7 +281,7 @@ def variants_section(runs: List[Dict]) -> List[str]:
          fmt(entry["valid"]["bleu"]), fmt(entry[TESTS[0]]["bleu"]), fmt(entry[TESTS[1]]["bleu"]),
          fmt(entry.get("detection", {}).get("mask_rate", {}).get("all"), 3),
          minutes(entry.get("train_seconds"))]
-        for s, name, entry, _ in rows
+        for s, name, entry in rows
     ]  # fmt: skip
     header = ["run", "system", "flags", "valid BLEU", *(f"{t} BLEU" for t in TESTS),
               "AUC (mask rate)", "train min"]  # fmt: skip

@@ -107,8 +107,11 @@ def load_params(checkpoint: Path) -> Dict[str, torch.Tensor]:
     return torch.load(checkpoint, map_location="cpu")["model"]
 
 
-def tiny_transformer(share_all_embeddings: bool, dropout: float = 0.0, seed: int = 0):
-    """A standalone 1+1-layer fairseq transformer with its dictionary."""
+def tiny_transformer(
+    share_all_embeddings: bool, dropout: float = 0.0, seed: int = 0, **architecture
+):
+    """A standalone 1+1-layer fairseq transformer with its dictionary; ``architecture``
+    overrides fairseq's arguments (e.g. encoder_learned_pos=True)."""
     from fairseq.data import Dictionary
 
     torch.manual_seed(seed)
@@ -120,7 +123,7 @@ def tiny_transformer(share_all_embeddings: bool, dropout: float = 0.0, seed: int
         encoder_ffn_embed_dim=32, decoder_ffn_embed_dim=32, encoder_attention_heads=2,
         decoder_attention_heads=2, share_all_embeddings=share_all_embeddings,
         dropout=dropout, attention_dropout=dropout, activation_dropout=dropout,
-        max_source_positions=64, max_target_positions=64,
+        max_source_positions=64, max_target_positions=64, **architecture,
     )  # fmt: skip
     base_architecture(args)
     task = argparse.Namespace(source_dictionary=dictionary, target_dictionary=dictionary)

@@ -22,6 +22,12 @@ from .core import (
     trainable_parameters,
     units,
 )
+from .ghost import (
+    GhostUnsupportedError,
+    ghost_aligned_loss,
+    unfused_attention,
+    unsupported_parameters,
+)
 from .jvp import jvp_aligned_loss
 from .loop import loop_aligned_loss
 from .mask import SIMILARITIES, mask_from_scores, similarity
@@ -32,6 +38,7 @@ ENGINES: Dict[str, Engine] = {
     "loop": loop_aligned_loss,
     "vmap": vmap_aligned_loss,
     "jvp": jvp_aligned_loss,
+    "ghost": ghost_aligned_loss,
 }
 
 
@@ -51,9 +58,11 @@ __all__ = [
     "SIMILARITIES",
     "AlignedLoss",
     "Engine",
+    "GhostUnsupportedError",
     "TokenLossFn",
     "adam_preconditioned",
     "get_engine",
+    "ghost_aligned_loss",
     "gradient",
     "jvp_aligned_loss",
     "loop_aligned_loss",
@@ -64,6 +73,8 @@ __all__ = [
     "substituted_parameters",
     "trainable_parameter_names",
     "trainable_parameters",
+    "unfused_attention",
     "units",
+    "unsupported_parameters",
     "vmap_aligned_loss",
 ]

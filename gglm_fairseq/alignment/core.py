@@ -28,12 +28,23 @@ class AlignedLoss(NamedTuple):
     alignment:    (B,) for sentence granularity, (B, T) for token; float32, detached.
     gradient_norm: ||grad l|| with the same shape as ``alignment``, or None if not asked for.
     extras:       the token loss function's extras from the forward that gave token_losses.
+    masked:       an engine that owns the backward (ghost) gives the masked loss this way;
+                  its token_losses are then detached.
     """
 
     token_losses: Tensor
     alignment: Tensor
     gradient_norm: Tensor | None = None
     extras: Any = None
+    masked: Callable[[Tensor], Tensor] | None = None
+
+    def masked_loss(self, mask: Tensor) -> Tensor:
+        """sum over units of mask * loss, with a backward that reaches the parameters;
+        ``mask`` has the shape of ``alignment``."""
+        if self.masked is not None:
+            return self.masked(mask)
+        losses = self.token_losses if mask.dim() == 2 else self.token_losses.sum(dim=1)
+        return (losses * mask).sum()
 
 
 Engine = Callable[..., AlignedLoss]

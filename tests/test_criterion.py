@@ -155,11 +155,14 @@ def test_auto_engine_falls_back_to_vmap_once(data_bin, tmp_path, monkeypatch, ca
         raise NotImplementedError("Trying to use forward AD with some_op that does not support it")
 
     monkeypatch.setitem(alignment.ENGINES, "jvp", no_forward_ad)
-    _, model, criterion, sample, clean = setup(data_bin, tmp_path, "--dropout", "0")
+    # auto means jvp at token level (ghost at sentence level).
+    _, model, criterion, sample, clean = setup(
+        data_bin, tmp_path, "--dropout", "0", "--gglm-granularity", "token"
+    )
     _, _, log = masked_forward(criterion, model, sample, clean)
     _, _, again = masked_forward(criterion, model, sample, clean)
     assert log["gglm_active"] == again["gglm_active"] == 1
-    assert criterion.engine_name == "vmap"
+    assert criterion.engine_for(model) == "vmap"
     assert caplog.text.count("forward-mode AD failed") == 1
 
 
@@ -188,3 +191,69 @@ def test_alignment_without_dropout_judges_the_eval_model(data_bin, tmp_path):
     expected = loop_aligned_loss(model, criterion.token_losses, sample, clean.direction)
     scale = expected.alignment.abs().max()
     assert (alignment - expected.alignment).abs().max() / scale < 1e-4
+
+
+def first_rows(sample, rows):
+    """The first ``rows`` sentences of a fairseq batch."""
+    net_input = {key: value[:rows] for key, value in sample["net_input"].items()}
+    target = sample["target"][:rows]
+    return dict(sample, id=sample["id"][:rows], net_input=net_input, target=target,
+                nsentences=rows, ntokens=int(target.ne(1).sum()))  # fmt: skip
+
+
+def test_auto_is_ghost_at_sentence_level(data_bin, tmp_path):
+    _, model, criterion, _, _ = setup(data_bin, tmp_path)
+    assert criterion.engine_for(model) == "ghost"
+
+
+def test_ghost_pads_a_batch_as_long_as_it_is_wide(data_bin, tmp_path):
+    """With as many sentences as target positions no op has a single batch axis; the
+    criterion pads the target by one position, exactly."""
+    _, model, criterion, sample, clean = setup(data_bin, tmp_path, "--dropout", "0")
+    sample = first_rows(sample, sample["target"].size(1))
+    results = {}
+    for engine in ("ghost", "loop"):
+        criterion._engine = engine
+        loss, sample_size, log = masked_forward(criterion, model, sample, clean)
+        (ids, alignment, masked), = criterion.take_pending()
+        results[engine] = (alignment, masked, float(loss.detach()), sample_size)
+    (ghost, ghost_masked, ghost_loss, ghost_size), (loop, loop_masked, loop_loss, loop_size) = (
+        results["ghost"], results["loop"])  # fmt: skip
+    assert (ghost - loop).abs().max() / loop.abs().max() < 1e-4
+    assert torch.equal(ghost_masked, loop_masked) and ghost_size == loop_size
+    assert math.isclose(ghost_loss, loop_loss, rel_tol=1e-5)
+
+
+def add_bias_kv(model):
+    attention = model.encoder.layers[0].self_attn
+    attention.bias_k = torch.nn.Parameter(torch.zeros(1, 1, attention.embed_dim))
+    attention.bias_v = torch.nn.Parameter(torch.zeros(1, 1, attention.embed_dim))
+
+
+def test_auto_falls_back_to_jvp_where_ghost_has_no_rule(data_bin, tmp_path, caplog):
+    _, model, criterion, sample, _ = setup(data_bin, tmp_path, "--dropout", "0")
+    add_bias_kv(model)
+    clean = random_clean(model)
+    _, _, log = masked_forward(criterion, model, sample, clean)
+    masked_forward(criterion, model, sample, clean)
+    assert criterion.engine_for(model) == "jvp" and log["gglm_active"] == 1
+    assert caplog.text.count("no rule for encoder.layers.0.self_attn.bias_k") == 1
+
+
+def test_explicit_ghost_without_a_rule_stops_at_the_first_forward(data_bin, tmp_path):
+    _, model, criterion, sample, _ = setup(data_bin, tmp_path, "--gglm-engine", "ghost",
+                                           "--gglm-warmup-updates", "100")  # fmt: skip
+    add_bias_kv(model)
+    with pytest.raises(ValueError, match=r"ghost engine has no rule for .*bias_k"):
+        criterion(model, sample)  # an unmasked warm-up update: still at start-up
+
+
+def test_loss_scale_of_fairseq_optimisers():
+    from types import SimpleNamespace
+
+    from gglm_fairseq.tasks.translation_with_clean_set import loss_scale
+
+    assert loss_scale(SimpleNamespace(scaler=SimpleNamespace(loss_scale=128.0))) == 128.0
+    amp = SimpleNamespace(_grad_scaler=SimpleNamespace(get_scale=lambda: 65536.0))
+    assert loss_scale(amp) == 65536.0
+    assert loss_scale(SimpleNamespace(scaler=None)) == loss_scale(object()) == 1.0

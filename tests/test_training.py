@@ -32,14 +32,14 @@ def clean_indices(monkeypatch):
 
 def test_engines_train_identically_with_shared_embeddings(joined_data_bin, tmp_path):
     results = {}
-    for engine in ("loop", "vmap", "jvp"):
+    for engine in ("loop", "vmap", "jvp", "ghost"):
         save = tmp_path / engine
         train(train_args(joined_data_bin, save, "--share-all-embeddings", "--max-update", "4",
                          "--gglm-engine", engine, "--dropout", "0.1"))  # fmt: skip
         results[engine] = load_params(save / "checkpoint_last.pt")
     reference = results["loop"]
     scale = max(t.abs().max() for t in reference.values())
-    for engine in ("vmap", "jvp"):
+    for engine in ("vmap", "jvp", "ghost"):
         for name, tensor in reference.items():
             assert (results[engine][name] - tensor).abs().max() / scale < 1e-4, (engine, name)
     # The tie survived training: the shared weights are one tensor in the checkpoint.
@@ -50,6 +50,19 @@ def test_engines_train_identically_with_shared_embeddings(joined_data_bin, tmp_p
         assert torch.equal(
             params["decoder.embed_tokens.weight"], params["decoder.output_projection.weight"]
         )
+
+
+def test_ghost_trains_as_jvp_with_gradient_accumulation(data_bin, tmp_path):
+    """--update-freq 2: ghost's weight gradients of both micro-batches add up in .grad."""
+    results = {}
+    for engine in ("jvp", "ghost"):
+        save = tmp_path / engine
+        train(train_args(data_bin, save, "--update-freq", "2", "--max-update", "4",
+                         "--gglm-engine", engine, "--dropout", "0.1"))  # fmt: skip
+        results[engine] = load_params(save / "checkpoint_last.pt")
+    scale = max(t.abs().max() for t in results["jvp"].values())
+    for name, tensor in results["jvp"].items():
+        assert (results["ghost"][name] - tensor).abs().max() / scale < 1e-4, name
 
 
 def test_one_clean_batch_per_update_and_exact_resume(data_bin, tmp_path, clean_indices):

@@ -11,6 +11,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
 
+import torch
 from fairseq import utils
 from fairseq.criterions import register_criterion
 from fairseq.criterions.label_smoothed_cross_entropy import (
@@ -24,14 +25,16 @@ from torch import Tensor, nn
 
 from gglm_fairseq.alignment import (
     AlignedLoss,
+    GhostUnsupportedError,
     get_engine,
     mask_from_scores,
     similarity,
+    unsupported_parameters,
 )
 
 logger = logging.getLogger(__name__)
 
-ENGINE_CHOICES = ChoiceEnum(["auto", "jvp", "vmap", "loop"])
+ENGINE_CHOICES = ChoiceEnum(["auto", "ghost", "jvp", "vmap", "loop"])
 
 
 @dataclass
@@ -48,9 +51,11 @@ class GradientMaskedCrossEntropyConfig(LabelSmoothedCrossEntropyCriterionConfig)
     gglm_engine: ENGINE_CHOICES = field(
         default="auto",
         metadata={
-            "help": "how alignments are computed (all exact): jvp = forward-mode, one "
-            "forward; vmap = torch.func per-sample gradients; loop = one backward per "
-            "example; auto = jvp, or vmap where jvp cannot run"
+            "help": "how alignments are computed (all exact): ghost = book-keeping, per-layer "
+            "terms from one activation backward, weight gradients once after the mask; jvp "
+            "= forward-mode, one dual forward; vmap = torch.func per-sample gradients; loop "
+            "= one backward per example; auto = ghost at sentence level, jvp at token level, "
+            "vmap for gradient norms, and jvp where ghost has no rule for a layer"
         },
     )
     gglm_vmap_chunk_size: int = field(
@@ -133,6 +138,37 @@ class GradientMaskedCrossEntropyConfig(LabelSmoothedCrossEntropyCriterionConfig)
     )
 
 
+def _ghost_problem(model: nn.Module) -> Optional[str]:
+    """Why the ghost engine cannot run on ``model``, or None."""
+    unsupported = unsupported_parameters(model)
+    if unsupported:
+        return "the ghost engine has no rule for " + ", ".join(unsupported)
+    if any(hasattr(m, "precheckpoint_forward") for m in model.modules()):
+        # The recomputed forward would run outside the rules and build weight gradients.
+        return "the ghost engine cannot run with --checkpoint-activations"
+    return None
+
+
+def _padded(tokens: Tensor, pad: int) -> Tensor:
+    return torch.cat([tokens, tokens.new_full((tokens.size(0), 1), pad)], dim=1)
+
+
+def _with_distinct_lengths(sample: Dict[str, Any], pad: int) -> Dict[str, Any]:
+    """The sample with one more padding position on a side whose length equals the batch
+    size, so that every op of the ghost pass has a single batch axis. Exact: padded keys are
+    masked, positions count non-padding tokens only, and a padded target costs nothing."""
+    rows = sample["target"].size(0)
+    net_input = sample["net_input"]
+    src, prev = net_input["src_tokens"], net_input["prev_output_tokens"]
+    if src.size(1) != rows and prev.size(1) != rows:
+        return sample
+    net_input = dict(net_input, src_tokens=_padded(src, pad) if src.size(1) == rows else src)
+    if prev.size(1) == rows:
+        net_input["prev_output_tokens"] = _padded(prev, pad)
+        sample = dict(sample, target=_padded(sample["target"], pad))
+    return dict(sample, net_input=net_input)
+
+
 @register_criterion("gradient_masked_cross_entropy", dataclass=GradientMaskedCrossEntropyConfig)
 class GradientMaskedCrossEntropyCriterion(LabelSmoothedCrossEntropyCriterion):
     def __init__(self, task: Any, cfg: GradientMaskedCrossEntropyConfig) -> None:
@@ -180,9 +216,10 @@ class GradientMaskedCrossEntropyCriterion(LabelSmoothedCrossEntropyCriterion):
                     "--gglm-parameters with --gglm-similarity cosine and a non-zero threshold "
                     "is not supported: the per-example gradient norms span all parameters"
                 )
-        self._fallback_warned = False
+        self._engine: Optional[str] = None  # resolved by engine_for
         # Set by the task for each training micro-batch (None: plain training).
         self.clean: Optional[CleanGradient] = None
+        self.loss_scale: float = 1.0
         self.record_examples: bool = False
         self.pending: List[Tuple[Tensor, Tensor, Tensor]] = []
 
@@ -192,10 +229,14 @@ class GradientMaskedCrossEntropyCriterion(LabelSmoothedCrossEntropyCriterion):
         after_warmup = update_num - self.cfg.gglm_warmup_updates
         return after_warmup >= 0 and after_warmup % self.cfg.gglm_interval == 0
 
-    def begin_step(self, clean: Optional[CleanGradient], record_examples: bool) -> None:
-        """Mask the coming micro-batches with ``clean`` (None: plain training)."""
+    def begin_step(
+        self, clean: Optional[CleanGradient], record_examples: bool, loss_scale: float = 1.0
+    ) -> None:
+        """Mask the coming micro-batches with ``clean`` (None: plain training); fairseq's
+        backward will multiply the loss by ``loss_scale`` (fp16)."""
         self.clean = clean
         self.record_examples = record_examples
+        self.loss_scale = loss_scale
 
     def end_step(self) -> None:
         self.clean = None
@@ -224,13 +265,32 @@ class GradientMaskedCrossEntropyCriterion(LabelSmoothedCrossEntropyCriterion):
         target = sample["target"][:, self.ignore_prefix_size :]
         return target.ne(self.padding_idx)
 
+    def engine_for(self, model: nn.Module) -> str:
+        """The engine this run uses, resolved on the first training forward: ``auto`` takes
+        the fastest exact one that can run; an explicit ``ghost`` that cannot is an error."""
+        if self._engine is None:
+            name = self.engine_name
+            if name == "auto" and self.needs_norms:
+                name = "vmap"
+            elif name == "auto":
+                name = "jvp" if self.granularity == "token" else "ghost"
+            if name == "ghost":
+                problem = _ghost_problem(model)
+                if problem is not None and self.engine_name == "ghost":
+                    raise GhostUnsupportedError(problem)
+                if problem is not None:
+                    logger.warning("gglm: %s; using the jvp engine", problem)
+                    name = "jvp"
+            self._engine = name
+        return self._engine
+
     def _aligned_loss(self, model: nn.Module, sample: Dict[str, Any]) -> AlignedLoss:
+        name = self.engine_for(model)
         kwargs: Dict[str, Any] = dict(granularity=self.granularity, with_norms=self.needs_norms)
-        name = self.engine_name
-        if name == "auto":
-            name = "vmap" if self.needs_norms else "jvp"
         if name == "vmap":
             kwargs["chunk_size"] = self.cfg.gglm_vmap_chunk_size
+        if name == "ghost":
+            kwargs["loss_scale"] = self.loss_scale
         direction = self.clean.direction
         try:
             if not self.cfg.gglm_alignment_without_dropout:
@@ -243,16 +303,19 @@ class GradientMaskedCrossEntropyCriterion(LabelSmoothedCrossEntropyCriterion):
                 model.train(was_training)
             losses, extras = self.token_losses(model, sample)
             return AlignedLoss(losses, alignment.alignment, alignment.gradient_norm, extras)
+        except GhostUnsupportedError as error:  # a use of a parameter that no rule covers
+            if self.engine_name != "auto":
+                raise
+            logger.warning("gglm: %s; using the jvp engine", error)
+            self._engine = "jvp"
+            return self._aligned_loss(model, sample)
         except (NotImplementedError, RuntimeError) as error:
             if self.engine_name != "auto" or name != "jvp" or "forward" not in str(error).lower():
                 raise
-            if not self._fallback_warned:
-                logger.warning(
-                    "gglm: forward-mode AD failed on this model (%s); using the vmap engine",
-                    error,
-                )
-                self._fallback_warned = True
-            self.engine_name = "vmap"
+            logger.warning(
+                "gglm: forward-mode AD failed on this model (%s); using the vmap engine", error
+            )
+            self._engine = "vmap"
             return self._aligned_loss(model, sample)
 
     def unit_mask(self, scores: Tensor, sample: Dict[str, Any]) -> Tensor:
@@ -263,11 +326,15 @@ class GradientMaskedCrossEntropyCriterion(LabelSmoothedCrossEntropyCriterion):
         return mask_from_scores(scores, self.cfg.gglm_threshold)
 
     def forward(self, model: nn.Module, sample: Dict[str, Any], reduce: bool = True):
+        if model.training:
+            self.engine_for(model)  # at start-up, not after the warm-up
+        clean = self.clean if model.training else None
+        direction = clean.direction if clean is not None else None
+        if direction is not None and self._engine == "ghost":
+            sample = _with_distinct_lengths(sample, self.padding_idx)
         target_mask = self._target_mask(sample)
         ntokens = sample["ntokens"]
         nsentences = sample["target"].size(0)
-        clean = self.clean if model.training else None
-        direction = clean.direction if clean is not None else None
         if direction is None:
             token_losses, extras = self.token_losses(model, sample)
             mask = target_mask.to(token_losses.dtype)
@@ -282,9 +349,13 @@ class GradientMaskedCrossEntropyCriterion(LabelSmoothedCrossEntropyCriterion):
             mask = unit_mask.unsqueeze(1) if self.granularity == "sentence" else unit_mask
             mask = mask.expand_as(token_losses).to(token_losses.dtype) * target_mask
             alignment = aligned.alignment
+            masked_loss = aligned.masked_loss(
+                unit_mask.to(token_losses.dtype) if self.granularity == "sentence" else mask
+            )
         kept_tokens = mask.sum()  # the mask is zero at padding
         kept_sentences = (mask.sum(dim=1) > 0).sum()
-        masked_loss = (token_losses * mask).sum()
+        if direction is None:
+            masked_loss = (token_losses * mask).sum()
         if self.sentence_avg:
             full_size, kept_size = nsentences, kept_sentences
         else:

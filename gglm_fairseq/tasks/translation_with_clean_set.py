@@ -151,6 +151,18 @@ def adam_second_moment(
     return moments, float(states[0]["step"]), float(betas[1]), float(eps)
 
 
+def loss_scale(optimizer: Any) -> float:
+    """The factor fairseq's backward multiplies the loss by: the fp16 optimisers' dynamic
+    scale, AMP's grad-scaler scale, else 1."""
+    scaler = getattr(optimizer, "scaler", None)
+    if scaler is not None and getattr(scaler, "loss_scale", None):
+        return float(scaler.loss_scale)
+    grad_scaler = getattr(optimizer, "_grad_scaler", None)
+    if grad_scaler is not None:
+        return float(grad_scaler.get_scale())
+    return 1.0
+
+
 def _unwrapped(model: torch.nn.Module) -> torch.nn.Module:
     while hasattr(model, "module"):
         model = model.module
@@ -376,7 +388,9 @@ class TranslationWithCleanSetTask(TranslationTask):
         clean = None
         if criterion.masks_update(update_num):
             clean = self.clean_gradient(model, criterion, update_num, optimizer)
-        criterion.begin_step(clean, record_examples=not ignore_grad)
+        criterion.begin_step(
+            clean, record_examples=not ignore_grad, loss_scale=loss_scale(optimizer)
+        )
         try:
             return super().train_step(
                 sample, model, criterion, optimizer, update_num, ignore_grad

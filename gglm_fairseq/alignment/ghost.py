@@ -84,7 +84,7 @@ def _tensors(values: Sequence[Any]) -> Iterator[Tensor]:
             yield from (v for v in value if isinstance(v, Tensor))
 
 
-class _Tape:
+class Tape:
     """The uses of one recorded forward, and what they give after each backward."""
 
     def __init__(self, model: nn.Module, params: Sequence[nn.Parameter], direction) -> None:
@@ -149,10 +149,10 @@ class _Tape:
         return grads
 
 
-class _Recording(TorchFunctionMode):
+class Recording(TorchFunctionMode):
     """Hands calls with a tracked parameter to their rule; refuses any other use of one."""
 
-    def __init__(self, tape: _Tape) -> None:
+    def __init__(self, tape: Tape) -> None:
         super().__init__()
         self.tape = tape
 
@@ -183,7 +183,7 @@ class _Recording(TorchFunctionMode):
         return result
 
 
-class _TapeGradients(torch.autograd.Function):
+class TapeGradients(torch.autograd.Function):
     """The masked loss as fairseq sees it: backward puts the tape's weight gradients,
     times the incoming gradient (fairseq's loss scale) over the pass's scale, into .grad."""
 
@@ -235,8 +235,8 @@ def ghost_aligned_loss(
         raise GhostUnsupportedError(
             "the ghost engine has no rule for " + ", ".join(unsupported) + ": use --gglm-engine jvp"
         )
-    tape = _Tape(model, params, direction)
-    with unfused_attention(model), _Recording(tape):
+    tape = Tape(model, params, direction)
+    with unfused_attention(model), Recording(tape):
         token_losses, extras = token_loss(model, batch)
     if not token_losses.requires_grad:
         raise GhostUnsupportedError("ghost engine: the loss depends on no recorded layer")
@@ -260,7 +260,7 @@ def ghost_aligned_loss(
             tape.backward(token_losses, mask.to(token_losses.dtype) * loss_scale, retain=False)
             example_weight = None
         used = [tape.params[k] for k in tape.used()]
-        return _TapeGradients.apply(value, tape, example_weight, loss_scale, *used)
+        return TapeGradients.apply(value, tape, example_weight, loss_scale, *used)
 
     return AlignedLoss(token_losses.detach(), alignment, None, extras, masked_loss)
 

@@ -7,8 +7,10 @@ import torch
 from helpers import build, tiny_transformer, train_args
 from test_engines import run
 
+from gglm_fairseq.alignment import trainable_parameters
 
-@pytest.mark.parametrize("engine", ["loop", "vmap", "jvp"])
+
+@pytest.mark.parametrize("engine", ["loop", "vmap", "jvp", "ghost"])
 def test_engines_on_a_bfloat16_model(engine):
     model, dictionary = tiny_transformer(share_all_embeddings=True)
     model.eval()
@@ -36,3 +38,26 @@ def test_clean_gradient_and_masked_loss_on_a_bfloat16_model(data_bin, tmp_path):
     loss.backward()
     assert torch.isfinite(loss) and log["gglm_active"] == 1
     assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
+def test_ghost_on_a_float16_model_under_loss_scales():
+    """As under --fp16: the pass runs at fairseq's loss scale and the alignments do not
+    depend on it; when the scaled output gradients overflow, the gradients are non-finite,
+    so that fairseq's overflow check skips the update and lowers the scale."""
+    model, dictionary = tiny_transformer(share_all_embeddings=True)
+    model.eval()
+    reference = run("ghost", model, dictionary, "sentence").alignment
+    model.half()
+    results = {}
+    for scale in (128.0, 1024.0, 2.0**20):
+        aligned = run("ghost", model, dictionary, "sentence", loss_scale=scale)
+        model.zero_grad()
+        (aligned.masked_loss((aligned.alignment > 0).float()) * scale).backward()
+        grads = [p.grad for p in trainable_parameters(model) if p.grad is not None]
+        results[scale] = (aligned.alignment, all(torch.isfinite(g).all() for g in grads))
+    for scale in (128.0, 1024.0):
+        alignment, finite = results[scale]
+        assert finite and alignment.dtype == torch.float32
+        assert (alignment - reference).abs().max() / reference.abs().max() < 0.01
+    assert torch.equal(results[128.0][0], results[1024.0][0])
+    assert not results[2.0**20][1]  # overflow reaches the gradients: the step is skipped

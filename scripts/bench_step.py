@@ -486,6 +486,15 @@ def _mask(bench: Bench, alignment: Tensor, losses: Tensor) -> Tuple[Tensor, floa
     return mask, (mask.unsqueeze(1).to(losses.dtype) * keep).sum().item()
 
 
+def _end_phases(bench: Bench, watch: Stopwatch, masked_loss: Tensor, sample_size: float) -> None:
+    """The last phases of a GGLM update: fairseq's backward call, then the optimizer."""
+    watch.lap("mask")
+    bench.optimizer.backward(masked_loss)
+    watch.lap("backward")
+    bench.step(sample_size)
+    watch.lap("optimizer")
+
+
 def jvp_update_phases(bench: Bench, watch: Stopwatch, training: bool = True) -> Tensor:
     """A GGLM jvp update (sentence level, clean 1/4) cut into phases; the same steps as the
     task, the jvp engine and the criterion, without the criterion's logging. Returns the
@@ -503,12 +512,7 @@ def jvp_update_phases(bench: Bench, watch: Stopwatch, training: bool = True) -> 
         alignment = units(tangent, "sentence").detach().float()
     watch.lap("loss")
     mask, sample_size = _mask(bench, alignment, token_losses)
-    masked_loss = (token_losses.sum(dim=1) * mask).sum()
-    watch.lap("mask")
-    bench.optimizer.backward(masked_loss)
-    watch.lap("backward")
-    bench.step(sample_size)
-    watch.lap("optimizer")
+    _end_phases(bench, watch, (token_losses.sum(dim=1) * mask).sum(), sample_size)
     return alignment
 
 
@@ -530,11 +534,7 @@ def ghost_update_phases(bench: Bench, watch: Stopwatch, training: bool = True) -
     mask, sample_size = _mask(bench, alignment, losses)
     used = [tape.params[k] for k in tape.used()]
     masked_loss = TapeGradients.apply((losses.detach() * mask).sum(), tape, mask, 1.0, *used)
-    watch.lap("mask")
-    bench.optimizer.backward(masked_loss)
-    watch.lap("backward")
-    bench.step(sample_size)
-    watch.lap("optimizer")
+    _end_phases(bench, watch, masked_loss, sample_size)
     return alignment
 
 

@@ -127,6 +127,14 @@ def squared_norm(grads: Sequence[Tensor | None]) -> Tensor:
     return torch.stack(present).sum() if present else torch.zeros(())
 
 
+def refuse_gradient_norms(engine: str) -> None:
+    """The error of an engine that computes alignments without per-example gradients."""
+    raise ValueError(
+        f"the {engine} engine gives no per-example gradient norms: use the vmap or loop "
+        "engine for cosine similarity with a non-zero threshold"
+    )
+
+
 def checked_parameters(
     model: nn.Module, direction: Sequence[Tensor], granularity: str
 ) -> List[nn.Parameter]:

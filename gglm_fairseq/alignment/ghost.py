@@ -29,7 +29,7 @@ import torch
 from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
-from .core import AlignedLoss, TokenLossFn, checked_parameters, units
+from .core import AlignedLoss, TokenLossFn, checked_parameters, refuse_gradient_norms, units
 from .ghost_rules import RULES, Rule, Use
 
 
@@ -223,10 +223,7 @@ def ghost_aligned_loss(
     The returned ``token_losses`` are detached: train on ``masked_loss(mask)``, once.
     """
     if with_norms:
-        raise ValueError(
-            "the ghost engine gives no per-example gradient norms: use the vmap or loop "
-            "engine for cosine similarity with a non-zero threshold"
-        )
+        refuse_gradient_norms("ghost")
     if not loss_scale > 0:
         raise ValueError(f"loss_scale must be > 0, got {loss_scale}")
     params = checked_parameters(model, direction, granularity)

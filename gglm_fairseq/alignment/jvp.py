@@ -19,6 +19,7 @@ from .core import (
     AlignedLoss,
     TokenLossFn,
     checked_parameters,
+    refuse_gradient_norms,
     substituted_parameters,
     units,
 )
@@ -33,10 +34,7 @@ def jvp_aligned_loss(
     with_norms: bool = False,
 ) -> AlignedLoss:
     if with_norms:
-        raise ValueError(
-            "the jvp engine gives no per-example gradient norms: use the vmap or loop "
-            "engine for cosine similarity with a non-zero threshold"
-        )
+        refuse_gradient_norms("jvp")
     params = checked_parameters(model, direction, granularity)
     # Flash and memory-efficient attention kernels have no forward-AD formula.
     with fwAD.dual_level(), sdpa_kernel(SDPBackend.MATH):

@@ -90,3 +90,20 @@ def test_ties_and_parameters_survive():
     assert model.decoder.output_projection.weight is model.encoder.embed_tokens.weight
     assert all(m.skip_embed_dim_check is False for m in model.modules()
                if hasattr(m, "skip_embed_dim_check"))  # fmt: skip
+
+
+def test_ignore_grad_zeroes_the_gradients():
+    """fairseq's train_step multiplies the loss by 0 in place for a dummy batch."""
+    model, dictionary = tiny_transformer(share_all_embeddings=True)
+    aligned = run("ghost", model, dictionary, "sentence")
+    loss = aligned.masked_loss(torch.ones_like(aligned.alignment))
+    loss *= 0
+    loss.backward()
+    assert all(p.grad is not None and not p.grad.any() for p in trainable_parameters(model))
+
+
+def test_embedding_with_max_norm_is_refused():
+    model, dictionary = tiny_transformer(share_all_embeddings=False)
+    model.encoder.embed_tokens.max_norm = 1.0
+    with pytest.raises(GhostUnsupportedError, match="max_norm"):
+        run("ghost", model, dictionary, "sentence")

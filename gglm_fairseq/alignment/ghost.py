@@ -30,11 +30,7 @@ from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
 from .core import AlignedLoss, TokenLossFn, checked_parameters, refuse_gradient_norms, units
-from .ghost_rules import RULES, Rule, Use
-
-
-class GhostUnsupportedError(ValueError):
-    """The model uses a parameter in a way no ghost rule covers."""
+from .ghost_rules import RULES, GhostUnsupportedError, Rule, Use
 
 
 def unsupported_parameters(model: nn.Module) -> List[str]:

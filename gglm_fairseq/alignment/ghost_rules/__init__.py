@@ -21,7 +21,7 @@ from typing import Callable, Dict
 
 from torch import Tensor
 
-from .base import Rule, Use
+from .base import GhostUnsupportedError, Rule, Use
 from .embedding import EMBEDDING
 from .layer_norm import LAYER_NORM
 from .linear import LINEAR
@@ -30,4 +30,4 @@ RULES: Dict[Callable[..., Tensor], Rule] = {
     rule.function: rule for rule in (LINEAR, EMBEDDING, LAYER_NORM)
 }
 
-__all__ = ["RULES", "Rule", "Use"]
+__all__ = ["RULES", "GhostUnsupportedError", "Rule", "Use"]

@@ -10,6 +10,10 @@ from typing import Any, Callable, Dict, Optional, Protocol, Tuple, Type
 from torch import Tensor, nn
 
 
+class GhostUnsupportedError(ValueError):
+    """The model uses a parameter in a way no ghost rule covers."""
+
+
 @dataclass(eq=False)
 class Use:
     """One call of a rule's function during the recorded forward."""

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .base import Use, argument, flat, row_weights
+from .base import GhostUnsupportedError, Use, argument, flat, row_weights
 
 
 class _Embedding(torch.autograd.Function):
@@ -47,7 +47,7 @@ class EmbeddingRule:
         if argument(args, kwargs, 3, "max_norm") is not None or argument(
             args, kwargs, 5, "scale_grad_by_freq", False
         ):
-            raise ValueError(
+            raise GhostUnsupportedError(
                 "the ghost engine has no rule for embeddings with max_norm or "
                 "scale_grad_by_freq: use --gglm-engine jvp"
             )

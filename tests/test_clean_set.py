@@ -145,3 +145,30 @@ def test_clean_ids_beyond_the_dictionary(data_bin, tmp_path):
         shutil.copy(path, data / path.name)
     with pytest.raises(CleanSetError, match=r"clean\.src-tgt\.src\.bin holds token id \d+"):
         build(train_args(data, tmp_path / "ckpt"))
+
+
+def test_default_clean_batch_is_a_quarter_of_the_training_batch(data_bin, tmp_path):
+    def clean_batch_tokens(max_tokens: str):
+        argv = train_args(data_bin, tmp_path / max_tokens)
+        at = argv.index("--clean-max-tokens")
+        argv = argv[:at] + argv[at + 2:]  # the default
+        argv[argv.index("--max-tokens") + 1] = max_tokens
+        task, model, _ = build(argv)
+        batches = task.clean_batch_iterators(model)
+        return [int(batches.batch(k)["ntokens"]) for k in range(batches.batches_per_epoch)]
+
+    quarter = clean_batch_tokens("400")
+    assert max(quarter) <= 100 < 2 * max(quarter)
+    longest = max(clean_batch_tokens("8"))  # a quarter would hold no pair: one pair each
+    assert 0 < longest <= 11  # the corpus's longest target is 9 words + end of sentence
+
+
+def test_the_clean_gradient_is_averaged_by_default(data_bin, tmp_path):
+    task, model, criterion = build(train_args(data_bin, tmp_path / "c", "--dropout", "0"))
+    first = [g.clone() for g in task.clean_gradient(model, criterion, 0).direction]
+    second = task.clean_gradient(model, criterion, 1).direction
+    criterion.cfg.gglm_clean_grad_ema = 0.0  # update 1's batch alone
+    task._clean_cache = task._clean_average = None
+    batch_alone = task.clean_gradient(model, criterion, 1).direction
+    for got, old, new in zip(second, first, batch_alone):
+        assert torch.allclose(got, 0.75 * old + 0.25 * new, atol=1e-7)

@@ -12,6 +12,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
+import numpy as np
 import torch
 from fairseq import utils
 from fairseq.data import indexed_dataset
@@ -38,6 +39,7 @@ logger = logging.getLogger(__name__)
 # Beside the checkpoints: the --gglm-clean-grad-ema average (fairseq's trainer does not hand
 # a task its saved state back on resume, so it is kept like the per-example record).
 CLEAN_AVERAGE_FILE = "gglm_clean_grad_ema.pt"
+CLEAN_BATCH_SHARE = 4  # the default clean batch: 1/4 of the training batch
 
 
 class CleanSetError(ValueError):
@@ -59,11 +61,14 @@ class TranslationWithCleanSetConfig(TranslationConfig):
     )
     clean_max_tokens: Optional[int] = field(
         default=None,
-        metadata={"help": "max tokens in a clean batch (default: --max-tokens)"},
+        metadata={
+            "help": "max tokens in a clean batch (default: a quarter of --max-tokens, at "
+            "least the longest clean pair; ours, see docs/benchmarks.md)"
+        },
     )
     clean_batch_size: Optional[int] = field(
         default=None,
-        metadata={"help": "max sentences in a clean batch (default: --batch-size)"},
+        metadata={"help": "max sentences in a clean batch (default: a quarter of --batch-size)"},
     )
     clean_batches_per_update: int = field(
         default=1,
@@ -261,8 +266,15 @@ class TranslationWithCleanSetTask(TranslationTask):
 
     def clean_batch_iterators(self, model: torch.nn.Module) -> CleanBatches:
         dataset = self.datasets[self.cfg.clean_subset]
-        max_tokens = self.cfg.clean_max_tokens or self.cfg.train_max_tokens
-        max_sentences = self.cfg.clean_batch_size or self.cfg.train_batch_size
+        max_tokens, max_sentences = self.cfg.clean_max_tokens, self.cfg.clean_batch_size
+        # Default: a quarter of the training batch, with a clean-gradient average over
+        # updates (the criterion's default): as good a direction as a full-size batch at a
+        # quarter of its cost (docs/benchmarks.md).
+        if max_tokens is None and self.cfg.train_max_tokens:
+            longest = int(dataset.num_tokens_vec(np.arange(len(dataset))).max())
+            max_tokens = max(self.cfg.train_max_tokens // CLEAN_BATCH_SHARE, longest)
+        if max_sentences is None and self.cfg.train_batch_size:
+            max_sentences = max(self.cfg.train_batch_size // CLEAN_BATCH_SHARE, 1)
         max_positions = utils.resolve_max_positions(self.max_positions(), model.max_positions())
 
         def make_epoch_iterator(epoch: int):

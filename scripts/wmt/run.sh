@@ -34,7 +34,7 @@ Options:
   --max-update N      training updates (default: base 100000, big 100000, tiny 20)
   --vocab-size N      joint SentencePiece vocabulary                 (default: 32000)
   --clean-size N      use the first N pairs of the clean newstest (default: all of it)
-  --clean-max-tokens N  tokens per clean batch (GGLM; default: --max-tokens of the model)
+  --clean-max-tokens N  tokens per clean batch (GGLM; default: a quarter of --max-tokens)
   --num-average N     checkpoints to average (default: base 5, big 10, tiny 2)
   --max-tokens N      training tokens per batch and GPU (default: base/big 4096, tiny 1000)
   --update-freq N     gradient accumulation (default: base 8, big 16, tiny 1)

@@ -795,6 +795,21 @@ def profile_table(
     return lines
 
 
+# The probe of the clean pass's cost and direction (scripts/experiments/clean_gradient_probe.py)
+# writes this page; its tables are copied into the report, which is the one page of costs.
+CLEAN_GRADIENT_PAGE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "docs",
+                                   "clean_gradient.md")  # fmt: skip
+
+
+def clean_gradient_section(path: str) -> List[str]:
+    """The clean-pass probe's page with its headings one level down, or nothing."""
+    if not os.path.exists(path):
+        return []
+    with open(path, encoding="utf-8") as page:
+        lines = page.read().splitlines()
+    return [("#" + line if line.startswith("#") else line) for line in lines] + [""]
+
+
 # --- main -------------------------------------------------------------------------------------
 
 
@@ -915,6 +930,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
             "",
         ]
 
+    clean_pass = clean_gradient_section(CLEAN_GRADIENT_PAGE)
+
     command = " ".join(shlex.quote(a) for a in [os.path.relpath(sys.argv[0])] + sys.argv[1:])
     memory_note = (
         "torch.cuda.max_memory_allocated over each timed update (peak) and its excess over "
@@ -959,6 +976,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         "",
         *training,
         *breakdowns,
+        *clean_pass,
     ]
     text = "\n".join(report)
     print(text)

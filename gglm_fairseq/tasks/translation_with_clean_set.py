@@ -377,7 +377,9 @@ class TranslationWithCleanSetTask(TranslationTask):
     def _averaged(self, grads: List[torch.Tensor], decay: float) -> List[torch.Tensor]:
         """Exponential moving average of the clean gradients (decay 0: the newest alone)."""
         if decay > 0 and self._clean_average is not None:
-            grads = [decay * a + (1 - decay) * g for a, g in zip(self._clean_average, grads)]
+            for average, g in zip(self._clean_average, grads):  # in place: no new model copy
+                average.mul_(decay).add_(g, alpha=1 - decay)
+            return self._clean_average
         self._clean_average = grads
         return grads
 

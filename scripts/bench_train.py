@@ -134,9 +134,9 @@ def report(args: argparse.Namespace, speeds: Dict[str, List[float]]) -> List[str
         "",
         f"- runs (updates/s): {runs}",
         f"- {'PASS' if ratio <= 1.5 else 'MISS'} GGLM at its shipped defaults <= 1.5x plain in "
-        f"fairseq-train, must: {ratio:.2f}x",
+        f"fairseq-train, must: {ratio:.3f}x",
         f"- {'PASS' if ratio <= 1.3 else 'MISS'} GGLM at its shipped defaults <= 1.3x plain in "
-        f"fairseq-train, goal: {ratio:.2f}x",
+        f"fairseq-train, goal: {ratio:.3f}x",
     ]
 
 

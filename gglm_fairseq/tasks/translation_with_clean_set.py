@@ -377,9 +377,8 @@ class TranslationWithCleanSetTask(TranslationTask):
     def _averaged(self, grads: List[torch.Tensor], decay: float) -> List[torch.Tensor]:
         """Exponential moving average of the clean gradients (decay 0: the newest alone)."""
         if decay > 0 and self._clean_average is not None:
-            for average, g in zip(self._clean_average, grads):  # in place: no new model copy
-                average.mul_(decay).add_(g, alpha=1 - decay)
-            return self._clean_average
+            # New tensors (one kernel each): an earlier update's direction must not change.
+            grads = [torch.lerp(a, g, 1 - decay) for a, g in zip(self._clean_average, grads)]
         self._clean_average = grads
         return grads
 

@@ -14,8 +14,11 @@ trap 'rm -rf "$WORK"' EXIT
 unset PYTHONPATH  # the source tree must not be importable
 purelib() { "$1" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])'; }
 
+# Built from the tracked files alone, so no stale build/ folder can leak into the wheel.
+mkdir "$WORK/src"
+git ls-files -z | tar --null -T - -cf - | tar -xf - -C "$WORK/src"
 "$OLD/bin/python" -m pip wheel --disable-pip-version-check -q --no-deps --no-build-isolation \
-  -w "$WORK/dist" .
+  -w "$WORK/dist" "$WORK/src"
 "$OLD/bin/python" -m venv "$WORK/venv"
 NEW=$WORK/venv
 # Every package of .venv but this one (its editable install would point at the source).

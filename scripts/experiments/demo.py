@@ -18,7 +18,7 @@ The budget (``--updates``, ``--max-tokens``, model size) is a flag each; the REA
 the defaults cost and why they were chosen. ``--controls`` adds two systems that train through
 GGLM's pipeline with another mask (exactly the noisy pairs; a random share of the sentences).
 
-    python scripts/experiments/demo.py [--work runs/demo] [--updates 500] [--controls]
+    python scripts/experiments/demo.py [--work runs/demo] [--updates 300] [--controls]
 """
 
 import argparse
@@ -114,6 +114,9 @@ SYSTEMS: Dict[str, Sequence[str]] = {
     "baseline": ["--task", "translation", "--criterion", "label_smoothed_cross_entropy"],
 }
 CONTROLS = ("oracle-mask", "random-mask")
+# The columns of ranked.tsv the audit prints, with their widths on the console.
+RANKED_SHOWN = (("id", 7), ("mask_rate", 11), ("times_seen", 12), ("label", 16),
+                ("source", 34), ("target", 34))  # fmt: skip
 
 
 class Progress:
@@ -163,13 +166,10 @@ def audit(work: Path, labels: List[str]) -> Dict[str, float]:
     if gglm_report(argv) != 0:
         raise RuntimeError("gglm-report failed")
     rows = [line.split("\t") for line in read_lines(out / "ranked.tsv")]
-    header = rows[0]
-    shown = ("id", "mask_rate", "times_seen", "label", "source", "target")
-    columns = [header.index(c) for c in shown]
+    columns = [(rows[0].index(name), width) for name, width in RANKED_SHOWN]
     print(f"\nthe most masked training pairs ({out / 'ranked.tsv'}, first 8 of {len(rows) - 1}):")
-    for row in rows[: 9]:
-        print("  " + "  ".join(f"{row[c][:32]:<{8 if k < 3 else 15 if k == 3 else 32}}"
-                                for k, c in enumerate(columns)))  # fmt: skip
+    for row in rows[:9]:
+        print("  " + "".join(f"{row[c][: width - 2]:<{width}}" for c, width in columns))
     print(f"plots: {out / 'mask_rate_over_training.png'}, {out / 'mask_rate_by_label.png'}\n")
     mask_rate = record_scores(work / "checkpoints" / "gglm", len(labels))["mask_rate"]
     return detection_auc(mask_rate, labels, ["clean"])
@@ -194,7 +194,7 @@ def train_and_translate(
             **output_shares(hypotheses, sources)}  # fmt: skip
 
 
-def parse_args(argv: Sequence[str] = None) -> argparse.Namespace:
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--work", type=Path, default=Path("runs/demo"))
     parser.add_argument("--train", type=int, default=12000, help="training pairs")
@@ -204,7 +204,7 @@ def parse_args(argv: Sequence[str] = None) -> argparse.Namespace:
     parser.add_argument("--ambiguity", type=float, default=0.2,
                         help="probability that a target word is its synonym")  # fmt: skip
     parser.add_argument("--noise", type=float, default=0.4, help="fraction of corrupted pairs")
-    parser.add_argument("--updates", type=int, default=500, help="updates per system")
+    parser.add_argument("--updates", type=int, default=300, help="updates per system")
     parser.add_argument("--max-tokens", type=int, default=2048, help="tokens per batch")
     parser.add_argument("--layers", type=int, default=2, help="encoder and decoder layers")
     parser.add_argument("--dim", type=int, default=128, help="model width (ffn: twice)")

@@ -46,7 +46,7 @@ def test_demo_runs_end_to_end(tmp_path):
     assert (tmp_path / "report" / "mask_rate_by_label.png").exists()
     assert "1/6 generating" in out and "4/6 baseline" in out and "6/6 random-mask" in out
     assert "controls (GGLM's pipeline" in out
-    assert "Neither system translates yet" in out  # 3 updates
+    assert "Neither system translates well yet" in out  # 3 updates
     assert "Traceback" not in result.stderr and "Warning" not in result.stderr
 
 
@@ -76,8 +76,10 @@ def test_output_shares_count_copies_and_third_language(demo):
     assert demo.output_shares(hypotheses, sources) == {"copied": 0.25, "third_language": 0.25}
 
 
-def test_verdict_says_won_lost_no_difference_or_not_learnt(demo):
+def test_verdict_says_won_lost_or_no_difference_and_whether_they_translate(demo):
     assert demo.verdict(20.0, 22.0).startswith("GGLM wins here")
     assert demo.verdict(20.0, 18.0).startswith("GGLM LOSES")
     assert demo.verdict(20.0, 20.5).startswith("No difference beyond 1 BLEU")
-    assert demo.verdict(2.0, 8.0).startswith("Neither system translates yet")
+    assert "Neither system translates well yet" not in demo.verdict(20.0, 22.0)
+    assert demo.verdict(9.29, 1.89).startswith("GGLM LOSES")
+    assert "Neither system translates well yet" in demo.verdict(9.29, 1.89)

@@ -24,7 +24,7 @@ echo "(pip may warn that fairseq-fixed requires torchaudio: translation does not
 # fairseq's own requirements and the test tools; tensorboardX only silences the "Please
 # install tensorboardX" line that importing fairseq logs without it.
 pip_install -c constraints.txt hydra-core omegaconf regex tqdm bitarray cffi packaging \
-  tensorboardX pytest ruff
+  sacrebleu scikit-learn tensorboardX pytest ruff
 # This package in editable mode with its requirements from setup.py (none pulls torch).
 pip_install -c constraints.txt -e .
 python -c "import fairseq, torch, gglm_fairseq; print('ready: torch', torch.__version__, '| fairseq', fairseq.__version__, '| gglm_fairseq', gglm_fairseq.__version__)"

@@ -11,15 +11,19 @@ setup(
     license="MIT",
     python_requires=">=3.8",
     packages=find_packages(include=["gglm_fairseq", "gglm_fairseq.*"]),
-    # torch and fairseq are installed first by scripts/setup.sh (fairseq-fixed needs
-    # --no-build-isolation, and a bare "torch" requirement would pull a CUDA build here).
+    # torch and fairseq are not declared: the plugin goes into an environment that has them
+    # (scripts/setup.sh builds one; fairseq-fixed needs --no-build-isolation, and a bare
+    # "torch" requirement would pull a CUDA build or a second torch). Lower bounds here; the
+    # tested versions are pinned in constraints.txt.
     install_requires=[
-        "numpy",
+        "numpy>=1.21",
         "sacrebleu>=2.0",
-        "sentencepiece",
-        "hydra-core>=1.0.7",
+        "sentencepiece>=0.1.97",
+        "matplotlib>=3.5",  # gglm-report's plots
+        "scikit-learn>=1.0",  # gglm-report's ROC-AUC
+        "tensorboard>=2.10",  # what fairseq-train --tensorboard-logdir writes with
     ],
-    extras_require={"test": ["pytest", "ruff"], "report": ["matplotlib", "scikit-learn"]},
+    extras_require={"test": ["pytest", "ruff"]},
     entry_points={
         "console_scripts": [
             "gglm-user-dir=gglm_fairseq.cli:print_user_dir",

@@ -2,8 +2,11 @@
 build fairseq objects or train in-process. Everything is seeded."""
 
 import argparse
+import os
 import random
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 from typing import Dict, List, Optional
 
@@ -134,3 +137,13 @@ def copy_bin(data_bin: Path, dest: Path) -> Path:
     shutil.copytree(data_bin, dest)
     return dest
 
+
+
+def fairseq_train(argv: List[str], **env: str) -> subprocess.CompletedProcess:
+    """fairseq-train in a subprocess with the user's default warning filters (no
+    PYTHONWARNINGS), so that spurious warnings would show."""
+    environment = {k: v for k, v in os.environ.items() if k != "PYTHONWARNINGS"}
+    return subprocess.run(
+        [str(Path(sys.executable).parent / "fairseq-train"), *argv], capture_output=True,
+        text=True, env={**environment, **env}, timeout=300,
+    )  # fmt: skip

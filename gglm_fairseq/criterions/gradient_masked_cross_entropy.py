@@ -31,6 +31,7 @@ from gglm_fairseq.alignment import (
     similarity,
     unsupported_parameters,
 )
+from gglm_fairseq.errors import GGLMUserError
 
 logger = logging.getLogger(__name__)
 
@@ -183,16 +184,16 @@ class GradientMaskedCrossEntropyCriterion(LabelSmoothedCrossEntropyCriterion):
         )
         for name in ("gglm_interval", "gglm_clean_grad_interval", "gglm_vmap_chunk_size"):
             if getattr(cfg, name) < 1:
-                raise ValueError(f"--{name.replace('_', '-')} must be >= 1")
+                raise GGLMUserError(f"--{name.replace('_', '-')} must be >= 1")
         if cfg.gglm_warmup_updates < 0:
-            raise ValueError("--gglm-warmup-updates must be >= 0")
+            raise GGLMUserError("--gglm-warmup-updates must be >= 0")
         if not 0.0 <= cfg.gglm_clean_grad_ema < 1.0:
-            raise ValueError("--gglm-clean-grad-ema must be in [0, 1)")
+            raise GGLMUserError("--gglm-clean-grad-ema must be in [0, 1)")
         self.running_score = str(cfg.gglm_score) == "running"
         if self.running_score and (
             str(cfg.gglm_granularity) != "sentence" or str(cfg.gglm_similarity) != "dot"
         ):
-            raise ValueError(
+            raise GGLMUserError(
                 "--gglm-score running needs --gglm-granularity sentence and "
                 "--gglm-similarity dot"
             )
@@ -204,7 +205,7 @@ class GradientMaskedCrossEntropyCriterion(LabelSmoothedCrossEntropyCriterion):
         self.similarity = str(cfg.gglm_similarity)
         self.needs_norms = self.similarity == "cosine" and cfg.gglm_threshold != 0.0
         if self.needs_norms and self.engine_name == "jvp":
-            raise ValueError(
+            raise GGLMUserError(
                 "--gglm-similarity cosine with a non-zero --gglm-threshold needs gradient "
                 "norms, which the jvp engine does not compute: use --gglm-engine vmap or loop"
             )
@@ -212,9 +213,10 @@ class GradientMaskedCrossEntropyCriterion(LabelSmoothedCrossEntropyCriterion):
             try:
                 re.compile(cfg.gglm_parameters)
             except re.error as error:
-                raise ValueError(f"--gglm-parameters: bad regular expression ({error})") from None
+                message = f"--gglm-parameters: bad regular expression ({error})"
+                raise GGLMUserError(message) from None
             if self.needs_norms:
-                raise ValueError(
+                raise GGLMUserError(
                     "--gglm-parameters with --gglm-similarity cosine and a non-zero threshold "
                     "is not supported: the per-example gradient norms span all parameters"
                 )

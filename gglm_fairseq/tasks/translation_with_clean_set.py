@@ -32,6 +32,7 @@ from gglm_fairseq.alignment import (
     trainable_parameters,
 )
 from gglm_fairseq.criterions.gradient_masked_cross_entropy import CleanGradient
+from gglm_fairseq.errors import GGLMUserError
 from gglm_fairseq.record import RECORD_FILE, ExampleRecord, write_atomically
 
 logger = logging.getLogger(__name__)
@@ -42,7 +43,7 @@ CLEAN_AVERAGE_FILE = "gglm_clean_grad_ema.pt"
 CLEAN_BATCH_SHARE = 4  # the default clean batch: 1/4 of the training batch
 
 
-class CleanSetError(ValueError):
+class CleanSetError(GGLMUserError):
     """The clean split is missing, empty, or does not match the training data."""
 
 
@@ -133,7 +134,7 @@ def adam_second_moment(
     groups = inner.param_groups
     settings = {(tuple(g.get("betas", ())), g.get("eps")) for g in groups}
     if any("betas" not in g or "eps" not in g for g in groups) or len(settings) != 1:
-        raise ValueError(
+        raise GGLMUserError(
             "--gglm-preconditioner adam needs an Adam optimiser (--optimizer adam) with one "
             f"beta2 and eps for all parameters; got {type(inner).__name__}"
         )
@@ -147,7 +148,7 @@ def adam_second_moment(
         flat = flat[0] if len(flat) == 1 else torch.cat(flat)
         sizes = [p.numel() for p in params]
         if flat.numel() != sum(sizes):
-            raise ValueError(
+            raise GGLMUserError(
                 "--gglm-preconditioner adam: the optimiser's state does not cover the model's "
                 "trainable parameters one to one (sharded optimiser state is not supported)"
             )
@@ -181,7 +182,7 @@ class TranslationWithCleanSetTask(TranslationTask):
     def __init__(self, cfg: TranslationWithCleanSetConfig, src_dict, tgt_dict) -> None:
         super().__init__(cfg, src_dict, tgt_dict)
         if cfg.clean_batches_per_update < 1:
-            raise ValueError("--clean-batches-per-update must be >= 1")
+            raise GGLMUserError("--clean-batches-per-update must be >= 1")
         self.clean_batches: Optional[CleanBatches] = None
         self.record = ExampleRecord()
         self._record_checked = False

@@ -17,7 +17,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -65,21 +65,31 @@ def log(message: str) -> None:
     print(time.strftime("[%H:%M:%S] ", time.gmtime()) + message, flush=True)
 
 
-def run(command: Sequence[str], log_file: Path) -> float:
-    """Run a console script from the venv, output to ``log_file``; return its seconds."""
+def run(
+    command: Sequence[str], log_file: Path, on_line: Optional[Callable[[str], None]] = None
+) -> float:
+    """Run a console script from the venv, output to ``log_file``; return its seconds.
+    ``on_line`` sees every output line as it comes (for progress reports)."""
     command = [str(BIN / command[0]) if (BIN / command[0]).exists() else command[0], *command[1:]]
     log_file.parent.mkdir(parents=True, exist_ok=True)
     start = time.time()
     with open(log_file, "w", encoding="utf-8") as out:
         out.write("$ " + shlex.join(command) + "\n")
         out.flush()
-        result = subprocess.run(
-            command, stdout=out, stderr=subprocess.STDOUT,
-            env={**os.environ, "PYTHONWARNINGS": "ignore"},
+        process = subprocess.Popen(
+            command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            # Unbuffered: the lines reach ``on_line`` as they are written.
+            env={**os.environ, "PYTHONWARNINGS": "ignore", "PYTHONUNBUFFERED": "1"},
         )  # fmt: skip
-    if result.returncode != 0:
+        for line in process.stdout:
+            out.write(line)
+            out.flush()  # so that the log can be followed while it runs
+            if on_line is not None:
+                on_line(line)
+        returncode = process.wait()
+    if returncode != 0:
         tail = log_file.read_text(encoding="utf-8", errors="replace")[-3000:]
-        raise RuntimeError(f"{command[0]} failed ({result.returncode}), see {log_file}:\n{tail}")
+        raise RuntimeError(f"{command[0]} failed ({returncode}), see {log_file}:\n{tail}")
     return time.time() - start
 
 

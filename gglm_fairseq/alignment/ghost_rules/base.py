@@ -9,8 +9,10 @@ from typing import Any, Callable, Dict, Optional, Protocol, Tuple, Type
 
 from torch import Tensor, nn
 
+from gglm_fairseq.errors import GGLMUserError
 
-class GhostUnsupportedError(ValueError):
+
+class GhostUnsupportedError(GGLMUserError):
     """The model uses a parameter in a way no ghost rule covers."""
 
 

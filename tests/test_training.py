@@ -93,10 +93,10 @@ def test_clean_gradient_average_survives_a_resume(data_bin, tmp_path, monkeypatc
     averaged_with = []
     original = TranslationWithCleanSetTask._averaged
 
-    def averaged(self, grads, decay):
+    def averaged(self, grads, decay, update_num):
         averaged_with.append(None if self._clean_average is None else
                              [a.clone() for a in self._clean_average])  # fmt: skip
-        return original(self, grads, decay)
+        return original(self, grads, decay, update_num)
 
     monkeypatch.setattr(TranslationWithCleanSetTask, "_averaged", averaged)
     train(train_args(data_bin, save, *args, "--max-update", "5"))

@@ -188,6 +188,7 @@ class TranslationWithCleanSetTask(TranslationTask):
         self._record_checked = False
         self._clean_cache: Optional[CleanGradient] = None
         self._clean_average: Optional[List[torch.Tensor]] = None
+        self._clean_average_update = -1  # the update the average was last taken at
         self._selected: Optional[List[bool]] = None  # --gglm-parameters, once known
         self._criterion = None
 
@@ -363,7 +364,7 @@ class TranslationWithCleanSetTask(TranslationTask):
                 for g, keep in zip(grads, self._selected):
                     if not keep:
                         g.zero_()  # fresh tensors: zeroed in place, nothing allocated per update
-            grads = self._averaged(grads, criterion.cfg.gglm_clean_grad_ema)
+            grads = self._averaged(grads, criterion.cfg.gglm_clean_grad_ema, anchor)
             if str(criterion.cfg.gglm_preconditioner) == "adam" and optimizer is not None:
                 state = adam_second_moment(optimizer, params)
                 if state is not None:
@@ -375,12 +376,14 @@ class TranslationWithCleanSetTask(TranslationTask):
         )
         return self._clean_cache
 
-    def _averaged(self, grads: List[torch.Tensor], decay: float) -> List[torch.Tensor]:
+    def _averaged(
+        self, grads: List[torch.Tensor], decay: float, update_num: int
+    ) -> List[torch.Tensor]:
         """Exponential moving average of the clean gradients (decay 0: the newest alone)."""
         if decay > 0 and self._clean_average is not None:
             # New tensors (one kernel each): an earlier update's direction must not change.
             grads = [torch.lerp(a, g, 1 - decay) for a, g in zip(self._clean_average, grads)]
-        self._clean_average = grads
+        self._clean_average, self._clean_average_update = grads, update_num
         return grads
 
     @staticmethod
@@ -473,6 +476,7 @@ class TranslationWithCleanSetTask(TranslationTask):
                            "starts again", path)  # fmt: skip
             return
         self._clean_average = [a.to(p.device) for a, p in zip(average, params)]
+        self._clean_average_update = saved["update_num"]
         logger.info("gglm: restored the clean-gradient average of update %d from %s",
                     saved["update_num"], path)  # fmt: skip
 
@@ -486,7 +490,7 @@ class TranslationWithCleanSetTask(TranslationTask):
         average_path = self._clean_average_path(self._criterion)
         if average_path is not None and self._clean_average is not None:
             state = {
-                "update_num": self._clean_cache.update_num,  # set with the average
+                "update_num": self._clean_average_update,
                 "average": [a.detach().cpu() for a in self._clean_average],
             }
             write_atomically(average_path, lambda f: torch.save(state, f))

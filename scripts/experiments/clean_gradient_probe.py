@@ -239,7 +239,7 @@ def ema_seconds(template: TranslationWithCleanSetTask, like: Direction, reps: in
     for _ in range(reps):
         task._clean_average = [torch.randn_like(g) for g in like]
         fresh = [torch.randn_like(g) for g in like]
-        times.append(seconds(lambda g=fresh: task._averaged(g, 0.9)))
+        times.append(seconds(lambda g=fresh: task._averaged(g, 0.9, 0)))
     return statistics.median(times)
 
 

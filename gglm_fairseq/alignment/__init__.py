@@ -25,6 +25,7 @@ from .core import (
 from .ghost import (
     GhostUnsupportedError,
     ghost_aligned_loss,
+    ghost_problem,
     unfused_attention,
     unsupported_parameters,
 )
@@ -63,6 +64,7 @@ __all__ = [
     "adam_preconditioned",
     "get_engine",
     "ghost_aligned_loss",
+    "ghost_problem",
     "gradient",
     "jvp_aligned_loss",
     "loop_aligned_loss",

@@ -46,6 +46,18 @@ def unsupported_parameters(model: nn.Module) -> List[str]:
     return found
 
 
+def ghost_problem(model: nn.Module) -> Optional[str]:
+    """Why the ghost engine cannot run on ``model``, or None."""
+    unsupported = unsupported_parameters(model)
+    if unsupported:
+        return "the ghost engine has no rule for " + ", ".join(unsupported)
+    if any(hasattr(m, "precheckpoint_forward") for m in model.modules()):
+        # fairseq's --checkpoint-activations: the recomputed forward would run outside the
+        # rules and build weight gradients.
+        return "the ghost engine cannot run with --checkpoint-activations"
+    return None
+
+
 @contextlib.contextmanager
 def unfused_attention(model: nn.Module) -> Iterator[None]:
     """fairseq's ``MultiheadAttention`` hands its projection weights to one fused kernel
@@ -87,10 +99,13 @@ class Tape:
         self.params = list(params)
         self.position = {id(p): k for k, p in enumerate(params)}
         self.direction = [d.float() for d in direction]
-        self.names = {id(p): name for name, p in model.named_parameters()}
+        self.model = model  # for the names in an error message
         self.uses: List[Use] = []
         # Every rule's output depends on it, so one backward to it reaches every rule.
         self.anchor = torch.zeros((), device=self.params[0].device, requires_grad=True)
+
+    def name(self, param: Tensor) -> str:
+        return next((n for n, p in self.model.named_parameters() if p is param), "?")
 
     def record(self, rule: Rule, parameters: Dict[str, Tensor], leading) -> Use:
         use = Use(rule, parameters, tuple(leading))
@@ -174,7 +189,7 @@ class Recording(TorchFunctionMode):
                 if id(t) in position:
                     raise GhostUnsupportedError(
                         f"ghost engine: no rule for {getattr(func, '__name__', func)} on "
-                        f"parameter {self.tape.names.get(id(t), '?')}: use --gglm-engine jvp"
+                        f"parameter {self.tape.name(t)}: use --gglm-engine jvp"
                     )
         return result
 
@@ -223,11 +238,9 @@ def ghost_aligned_loss(
     if not loss_scale > 0:
         raise ValueError(f"loss_scale must be > 0, got {loss_scale}")
     params = checked_parameters(model, direction, granularity)
-    unsupported = unsupported_parameters(model)
-    if unsupported:
-        raise GhostUnsupportedError(
-            "the ghost engine has no rule for " + ", ".join(unsupported) + ": use --gglm-engine jvp"
-        )
+    problem = ghost_problem(model)
+    if problem is not None:
+        raise GhostUnsupportedError(problem + ": use --gglm-engine jvp")
     tape = Tape(model, params, direction)
     with unfused_attention(model), Recording(tape):
         token_losses, extras = token_loss(model, batch)

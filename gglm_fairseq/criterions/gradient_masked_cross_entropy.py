@@ -27,9 +27,9 @@ from gglm_fairseq.alignment import (
     AlignedLoss,
     GhostUnsupportedError,
     get_engine,
+    ghost_problem,
     mask_from_scores,
     similarity,
-    unsupported_parameters,
 )
 from gglm_fairseq.errors import GGLMUserError
 
@@ -139,17 +139,6 @@ class GradientMaskedCrossEntropyConfig(LabelSmoothedCrossEntropyCriterionConfig)
             "--sentence-avg) instead of the unmasked ones"
         },
     )
-
-
-def _ghost_problem(model: nn.Module) -> Optional[str]:
-    """Why the ghost engine cannot run on ``model``, or None."""
-    unsupported = unsupported_parameters(model)
-    if unsupported:
-        return "the ghost engine has no rule for " + ", ".join(unsupported)
-    if any(hasattr(m, "precheckpoint_forward") for m in model.modules()):
-        # The recomputed forward would run outside the rules and build weight gradients.
-        return "the ghost engine cannot run with --checkpoint-activations"
-    return None
 
 
 def _padded(tokens: Tensor, pad: int) -> Tensor:
@@ -279,7 +268,7 @@ class GradientMaskedCrossEntropyCriterion(LabelSmoothedCrossEntropyCriterion):
             elif name == "auto":
                 name = "jvp" if self.granularity == "token" else "ghost"
             if name == "ghost":
-                problem = _ghost_problem(model)
+                problem = ghost_problem(model)
                 if problem is not None and self.engine_name == "ghost":
                     raise GhostUnsupportedError(problem)
                 if problem is not None:

@@ -94,3 +94,45 @@ def test_noisy_multi30k_smoke(tmp_path):
     assert f"| oracle-mask | {CONTROLS['oracle-mask']} |" in page
     assert "| gglm | neg_alignment_last |" in page
     assert (out.parent / f"results_{tmp_path.name}_bleu.png").stat().st_size > 0
+
+
+@pytest.mark.skipif(not DATA.is_dir(), reason="../shared/data/multi30k is missing")
+def test_baseline_long_contains_the_baseline_and_scores_a_curve(tmp_path):
+    """baseline-long's checkpoint at the profile's budget equals a baseline trained to that
+    budget (so one run gives both), and --curve-every scores validation BLEU along the way."""
+    import torch
+
+    def runner(work, systems, *extra):
+        result = subprocess.run(
+            [sys.executable, str(REPO / "scripts" / "experiments" / "noisy_multi30k.py"),
+             "--profile", "smoke", "--work", str(work), "--noise", "0.4", "--seed", "1",
+             "--systems", systems, "--data", str(DATA), *extra],
+            capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+        assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+        return json.loads((work / "results.json").read_text())["systems"]
+
+    long_run = runner(tmp_path / "long", "baseline-long,finetune", "--curve-every", "2")
+    plain = runner(tmp_path / "plain", "baseline", "--curve-every", "2")
+    assert [p["updates"] for p in long_run["baseline-long"]["curve"]] == [2, 4, 6]
+    assert [p["updates"] for p in long_run["baseline"]["curve"]] == [2, 4]
+    assert [p["updates"] for p in plain["baseline"]["curve"]] == [2, 4]
+    seconds = [p["seconds"] for p in long_run["baseline-long"]["curve"]]
+    assert seconds == sorted(seconds) and seconds[-1] > 0
+    assert long_run["baseline"]["train_command"][1:] == [
+        c.replace("/plain/", "/long/") for c in plain["baseline"]["train_command"][1:]
+    ]
+    assert long_run["baseline"]["valid"]["bleu"] == plain["baseline"]["valid"]["bleu"]
+    assert "finetune" in long_run
+
+    from fairseq.checkpoint_utils import load_checkpoint_to_cpu
+
+    def weights(work):
+        return load_checkpoint_to_cpu(
+            str(work / "checkpoints" / "baseline" / "checkpoint_last.pt")
+        )["model"]
+
+    derived, trained = weights(tmp_path / "long"), weights(tmp_path / "plain")
+    assert derived.keys() == trained.keys()
+    for key in derived:
+        assert torch.equal(derived[key], trained[key]), key

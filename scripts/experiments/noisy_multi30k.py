@@ -21,12 +21,20 @@ Systems (same model, same number of updates of the same batch size):
 - ``gglm``: ``translation_with_clean_set`` + ``gradient_masked_cross_entropy`` (plus
   ``--gglm-args``; ``--tag T`` names the system ``gglm-T`` so variants sit side by side);
 - ``oracle``: only the uncorrupted pairs;
+- ``baseline-long``: the baseline trained for ``--long-ratio`` times the updates, GGLM's time
+  per update at its defaults (the baseline given GGLM's wall-clock). Its checkpoint at the
+  profile's budget *is* the baseline (inverse-sqrt schedule, per-update seeds: the same run
+  up to there), so training it also scores ``baseline`` from that checkpoint;
 - ``finetune``: the baseline trained on the clean set for a few more updates, with the
   baseline's final learning rate held constant (fresh Adam state); ``finetune-gglm``: GGLM's
   model fine-tuned the same way (needs ``gglm``);
 - controls (``mask_controls/``): GGLM's pipeline masking exactly the injected-noise pairs
   (``oracle-mask``, a perfect mask) or a random share ``--noise`` of the sentences
   (``random-mask``): what masking costs at this budget, and what choosing well gains.
+
+``--curve-every N`` keeps a checkpoint every N updates and scores validation BLEU at each,
+with the training seconds fairseq logged by then (``curve`` in the results): BLEU against
+training time per system.
 
 Every system translates the validation set and both tests with beam 4 (last checkpoint),
 scored with sacrebleu BLEU and chrF. For GGLM systems the ROC-AUC of each pair's mask rate
@@ -38,13 +46,14 @@ with the same training command is not retrained).
 from __future__ import annotations
 
 import argparse
+import re
 import shlex
 import shutil
 import sys
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Dict, List, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 from common import (
@@ -74,7 +83,16 @@ from gglm_fairseq.report import detection_auc
 SRC, TGT, THIRD = "en", "de", "fr"
 CLEAN_LINES = 500  # val lines [0, 500) form the clean set, [500, 1014) the validation set
 EVAL_SETS = {"valid": "valid", "test": "test_2016_flickr", "test1": "test_2017_flickr"}
-SYSTEMS = ("baseline", "gglm", "oracle", "finetune", "finetune-gglm", "oracle-mask", "random-mask")
+SYSTEMS = (
+    "baseline",
+    "baseline-long",
+    "gglm",
+    "oracle",
+    "finetune",
+    "finetune-gglm",
+    "oracle-mask",
+    "random-mask",
+)
 # The fine-tuned systems start from these systems' last checkpoints.
 FINETUNED = {"finetune": "baseline", "finetune-gglm": "gglm"}
 
@@ -157,6 +175,11 @@ def system_command(name: str, args: argparse.Namespace, profile: Profile, work: 
     kind = "gglm" if name.startswith("gglm") else name
     data = work / ("bin-oracle" if kind == "oracle" else "bin")
     command = train_args(data, work / "checkpoints" / name, profile, args.seed, SRC, TGT)
+    if kind not in FINETUNED and (args.curve_every or kind == "baseline-long"):
+        every = args.curve_every or profile.updates
+        command += ["--save-interval-updates", str(every), "--keep-interval-updates", "-1"]
+    if kind == "baseline-long":
+        command = _set(command, "--max-update", str(long_updates(args, profile)))
     if kind == "gglm":
         return command + [
             "--task", "translation_with_clean_set", "--clean-subset", "clean",
@@ -166,6 +189,8 @@ def system_command(name: str, args: argparse.Namespace, profile: Profile, work: 
         command += ["--task", "translation_with_clean_set", "--clean-subset", "clean"]
         return with_mask_control(command, kind, work / "text" / "train.labels", args.noise)
     command += ["--task", "translation", "--criterion", "label_smoothed_cross_entropy"]
+    if kind == "baseline-long":
+        return command
     if kind in FINETUNED:
         base = work / "checkpoints" / FINETUNED[kind] / "checkpoint_last.pt"
         # Replace the budget and schedule: a few updates on the clean split at a fixed lr.
@@ -181,18 +206,30 @@ def system_command(name: str, args: argparse.Namespace, profile: Profile, work: 
     return command
 
 
+def long_updates(args: argparse.Namespace, profile: Profile) -> int:
+    return round(profile.updates * args.long_ratio)
+
+
 def _set(command: List[str], flag: str, value: str) -> List[str]:
     out = list(command)
     out[out.index(flag) + 1] = value
     return out
 
 
-def evaluate(name: str, work: Path, profile: Profile) -> Dict[str, object]:
-    """Translate validation and both tests with the last checkpoint; BLEU and chrF."""
-    checkpoint = work / "checkpoints" / name / "checkpoint_last.pt"
+def evaluate(
+    name: str,
+    work: Path,
+    profile: Profile,
+    subsets: Sequence[str] = tuple(EVAL_SETS),
+    checkpoint: Optional[Path] = None,
+) -> Dict[str, object]:
+    """Translate validation and both tests with the last checkpoint (or ``checkpoint``);
+    BLEU and chrF."""
+    checkpoint = checkpoint or work / "checkpoints" / name / "checkpoint_last.pt"
     out: Dict[str, object] = {}
     seconds = 0.0
-    for subset, label in EVAL_SETS.items():
+    for subset in subsets:
+        label = EVAL_SETS[subset]
         references = read_lines(work / "text" / f"{subset}.{TGT}")
         hypotheses, missing, took = generate(
             work / "bin", checkpoint, subset, len(references), SRC, TGT, profile.beam,
@@ -203,6 +240,76 @@ def evaluate(name: str, work: Path, profile: Profile) -> Dict[str, object]:
         out[label] = {**score(hypotheses, references), "no_hypothesis": missing}
     out["generate_seconds"] = round(seconds, 1)
     return out
+
+
+_WALL = re.compile(r"num_updates[= ](\d+)\b.*\bwall[= ](\d+)")
+
+
+def logged_seconds(log_file: Path) -> Dict[int, float]:
+    """Training seconds (fairseq's ``wall``) at each update its log reports."""
+    seconds: Dict[int, float] = {0: 0.0}
+    for line in log_file.read_text(encoding="utf-8").splitlines():
+        match = _WALL.search(line)
+        if match:
+            seconds[int(match.group(1))] = float(match.group(2))
+    return seconds
+
+
+def seconds_at(seconds: Dict[int, float], update: int) -> float:
+    """Linear interpolation between the logged updates around ``update``."""
+    updates = sorted(seconds)
+    return float(np.interp(update, updates, [seconds[u] for u in updates]))
+
+
+def interval_checkpoints(save_dir: Path) -> Dict[int, Path]:
+    """fairseq's ``checkpoint_EPOCH_UPDATES.pt`` files by update."""
+    found = {}
+    for path in save_dir.glob("checkpoint_*_*.pt"):
+        found[int(path.stem.rsplit("_", 1)[1])] = path
+    return dict(sorted(found.items()))
+
+
+def curve(name: str, work: Path, profile: Profile) -> List[Dict[str, float]]:
+    """Validation BLEU at every interval checkpoint, with the training seconds by then."""
+    seconds = logged_seconds(work / "logs" / f"train-{name}.log")
+    points = []
+    for update, path in interval_checkpoints(work / "checkpoints" / name).items():
+        bleu = evaluate(name, work, profile, ("valid",), path)["valid"]["bleu"]
+        points.append(
+            {
+                "updates": update,
+                "seconds": round(seconds_at(seconds, update), 1),
+                "valid_bleu": bleu,
+            }
+        )
+        log(f"{name}: update {update}, valid BLEU {bleu}")
+    return points
+
+
+def baseline_from_long(
+    args: argparse.Namespace, work: Path, profile: Profile, long_entry: Dict[str, object]
+) -> Dict[str, object]:
+    """The ``baseline`` entry from ``baseline-long``'s checkpoint at the profile's budget,
+    copied to the baseline's folder (the fine-tuned systems start from it)."""
+    checkpoints = interval_checkpoints(work / "checkpoints" / "baseline-long")
+    if profile.updates not in checkpoints:
+        raise SystemExit(f"baseline-long kept no checkpoint at update {profile.updates}")
+    save_dir = work / "checkpoints" / "baseline"
+    shutil.rmtree(save_dir, ignore_errors=True)
+    save_dir.mkdir(parents=True)
+    shutil.copyfile(checkpoints[profile.updates], save_dir / "checkpoint_last.pt")
+    shutil.copyfile(work / "logs" / "train-baseline-long.log", work / "logs" / "train-baseline.log")
+    seconds = logged_seconds(work / "logs" / "train-baseline-long.log")
+    entry: Dict[str, object] = {
+        "train_command": system_command("baseline", args, profile, work),
+        "gglm_args": "",
+        "from": f"baseline-long's checkpoint at update {profile.updates}",
+        "train_seconds": round(seconds_at(seconds, profile.updates), 1),
+        "curve": [p for p in long_entry.get("curve", []) if p["updates"] <= profile.updates],
+    }
+    entry.update(evaluate("baseline", work, profile))
+    add_output_shares(entry, "baseline", work)
+    return entry
 
 
 # Function words that tell French output from German (the wrong-language noise is French).
@@ -269,6 +376,15 @@ def parse_args(argv: List[str]) -> argparse.Namespace:
         "--data", default=str(REPO / ".." / "shared" / "data" / "multi30k"),
         help="Multi30k raw text folder (default ../shared/data/multi30k from the repo root)",
     )  # fmt: skip
+    parser.add_argument(
+        "--curve-every", type=int, default=0,
+        help="keep a checkpoint every N updates and score validation BLEU at each (0: off)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--long-ratio", type=float, default=1.5,
+        help="baseline-long trains this many times the updates (default 1.5: GGLM's time per "
+        "update at its defaults, measured by scripts/bench_train.py)",
+    )  # fmt: skip
     parser.add_argument("--force", action="store_true", help="retrain systems already scored")
     parser.add_argument(
         "--rescore",
@@ -280,6 +396,11 @@ def parse_args(argv: List[str]) -> argparse.Namespace:
     unknown = [s for s in systems if s not in SYSTEMS]
     if unknown:
         parser.error(f"unknown systems {unknown}; choose from {list(SYSTEMS)}")
+    if args.curve_every and PROFILES[args.profile].updates % args.curve_every:
+        parser.error(
+            "--curve-every must divide the profile's updates (baseline-long needs "
+            "a checkpoint at the baseline's budget)"
+        )
     args.system_names = [f"gglm-{args.tag}" if s == "gglm" and args.tag else s for s in systems]
     return args
 
@@ -326,6 +447,8 @@ def main(argv: List[str]) -> int:
         }
         entry.update(evaluate(name, work, profile))
         add_output_shares(entry, name, work)
+        if args.curve_every or name == "baseline-long":
+            entry["curve"] = curve(name, work, profile)
         summary = ", ".join(
             f"{label} BLEU {entry[label]['bleu']} chrF {entry[label]['chrf']}"
             for label in EVAL_SETS.values()
@@ -337,6 +460,9 @@ def main(argv: List[str]) -> int:
             listed = ", ".join(f"{k} {v:.3f}" for k, v in aucs.items())
             log(f"{name}: detection AUC (mask rate) {listed}")
         systems[name] = entry
+        if name == "baseline-long":
+            systems["baseline"] = baseline_from_long(args, work, profile, entry)
+            log(f"baseline: from baseline-long, valid BLEU {systems['baseline']['valid']['bleu']}")
         save_results(results_path, results)
     first = next(iter(systems.values()), None)
     if first:

@@ -1,11 +1,13 @@
 """The clean split: loading, checks with clear errors, and the endless clean batches."""
 
 import shutil
+from dataclasses import replace
 
 import pytest
 import torch
 from helpers import binarize, build, train_args, write_corpus
 
+from gglm_fairseq.clean_gradient import CleanGradientEstimator
 from gglm_fairseq.tasks import CleanSetError
 
 
@@ -59,7 +61,7 @@ def test_clean_gradient_is_cached_per_update_and_interval(built):
     second = task.clean_gradient(model, criterion, 1)
     assert second is not first and second.update_num == 1
     assert any(not torch.equal(a, b) for a, b in zip(first.direction, second.direction))
-    criterion.cfg.gglm_clean_grad_interval = 4
+    task.estimator = CleanGradientEstimator(replace(task.estimator.settings, interval=4))
     fourth = task.clean_gradient(model, criterion, 4)
     assert task.clean_gradient(model, criterion, 7) is fourth
     assert task.clean_gradient(model, criterion, 8) is not fourth
@@ -167,8 +169,8 @@ def test_the_clean_gradient_is_averaged_by_default(data_bin, tmp_path):
     task, model, criterion = build(train_args(data_bin, tmp_path / "c", "--dropout", "0"))
     first = [g.clone() for g in task.clean_gradient(model, criterion, 0).direction]
     second = task.clean_gradient(model, criterion, 1).direction
-    criterion.cfg.gglm_clean_grad_ema = 0.0  # update 1's batch alone
-    task._clean_cache = task._clean_average = None
+    # Update 1's batch alone.
+    task.estimator = CleanGradientEstimator(replace(task.estimator.settings, decay=0.0))
     batch_alone = task.clean_gradient(model, criterion, 1).direction
     for got, old, new in zip(second, first, batch_alone):
         assert torch.allclose(got, 0.75 * old + 0.25 * new, atol=1e-7)

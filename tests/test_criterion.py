@@ -6,7 +6,7 @@ import pytest
 import torch
 from helpers import build, train_args
 
-from gglm_fairseq.criterions import CleanGradient
+from gglm_fairseq.clean_gradient import CleanGradient
 
 
 def setup(data_bin, tmp_path, *extra):
@@ -21,11 +21,7 @@ def setup(data_bin, tmp_path, *extra):
 
 
 def masked_forward(criterion, model, sample, clean):
-    criterion.begin_step(clean, record_examples=True)
-    try:
-        return criterion(model, sample)
-    finally:
-        criterion.end_step()
+    return criterion.masked_forward(model, sample, clean)
 
 
 def random_clean(model, seed=0):
@@ -37,8 +33,8 @@ def random_clean(model, seed=0):
 def test_mask_follows_alignment_sign_and_renormalises(data_bin, tmp_path):
     task, model, criterion, sample, _ = setup(data_bin, tmp_path, "--dropout", "0")
     clean = random_clean(model)  # a random direction masks about half the sentences
-    loss, sample_size, log = masked_forward(criterion, model, sample, clean)
-    ids, alignment, masked = criterion.take_pending()[0]
+    loss, sample_size, log, decisions = masked_forward(criterion, model, sample, clean)
+    ids, alignment, masked = decisions.ids, decisions.alignment, decisions.masked
     assert torch.equal(ids, sample["id"])
     assert torch.equal(masked, (alignment <= 0).double().to(masked.dtype))
     assert 0 < log["gglm_sentences_masked"] < sample["nsentences"]
@@ -55,14 +51,14 @@ def test_mask_follows_alignment_sign_and_renormalises(data_bin, tmp_path):
 
 def test_no_renormalize_keeps_all_tokens(data_bin, tmp_path):
     _, model, criterion, sample, _ = setup(data_bin, tmp_path, "--gglm-no-renormalize")
-    _, sample_size, log = masked_forward(criterion, model, sample, random_clean(model))
+    _, sample_size, log, decisions = masked_forward(criterion, model, sample, random_clean(model))
     assert log["gglm_sentences_masked"] > 0
     assert sample_size == sample["ntokens"]
 
 
 def test_all_masked_gives_zero_loss_and_no_nan(data_bin, tmp_path):
     _, model, criterion, sample, clean = setup(data_bin, tmp_path, "--gglm-threshold", "1e9")
-    loss, sample_size, log = masked_forward(criterion, model, sample, clean)
+    loss, sample_size, log, decisions = masked_forward(criterion, model, sample, clean)
     assert loss.item() == 0.0 and sample_size == 0
     loss.backward()
     assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
@@ -75,8 +71,8 @@ def test_token_granularity_masks_tokens(data_bin, tmp_path):
     _, model, criterion, sample, clean = setup(
         data_bin, tmp_path, "--gglm-granularity", "token", "--dropout", "0"
     )
-    _, sample_size, log = masked_forward(criterion, model, sample, clean)
-    _, alignment, masked = criterion.take_pending()[0]
+    _, sample_size, log, decisions = masked_forward(criterion, model, sample, clean)
+    masked = decisions.masked
     assert 0 < log["gglm_tokens_masked"] < sample["ntokens"]
     assert sample_size == sample["ntokens"] - log["gglm_tokens_masked"]
     assert ((masked > 0) & (masked < 1)).any()  # some sentences partly masked
@@ -85,7 +81,7 @@ def test_token_granularity_masks_tokens(data_bin, tmp_path):
 def test_non_finite_clean_gradient_is_counted_and_trains_unmasked(data_bin, tmp_path):
     _, model, criterion, sample, _ = setup(data_bin, tmp_path)
     bad = CleanGradient(direction=None, loss=math.nan, update_num=0)
-    loss, sample_size, log = masked_forward(criterion, model, sample, bad)
+    loss, sample_size, log, decisions = masked_forward(criterion, model, sample, bad)
     assert log["gglm_clean_nonfinite"] == 1 and log["gglm_active"] == 0
     assert sample_size == sample["ntokens"]
     assert loss.item() == pytest.approx(log["loss"].item())
@@ -94,16 +90,16 @@ def test_non_finite_clean_gradient_is_counted_and_trains_unmasked(data_bin, tmp_
 def test_every_micro_batch_emits_the_same_keys(data_bin, tmp_path):
     _, model, criterion, sample, clean = setup(data_bin, tmp_path)
     _, _, plain = criterion(model, sample)
-    _, _, masked = masked_forward(criterion, model, sample, clean)
+    _, _, masked, decisions = masked_forward(criterion, model, sample, clean)
     assert set(plain) == set(masked)
     assert plain["gglm_active"] == 0 and masked["gglm_active"] == 1
 
 
 def test_validation_is_never_masked(data_bin, tmp_path):
     _, model, criterion, sample, clean = setup(data_bin, tmp_path, "--gglm-threshold", "1e9")
-    criterion.begin_step(clean, record_examples=True)
+    masked_forward(criterion, model, sample, clean)
     model.eval()
-    _, sample_size, log = criterion(model, sample)
+    _, sample_size, log = criterion(model, sample)  # what fairseq's valid_step calls
     assert sample_size == sample["ntokens"] and log["gglm_active"] == 0
 
 
@@ -144,7 +140,7 @@ def test_cosine_with_threshold_uses_vmap_norms(data_bin, tmp_path):
         data_bin, tmp_path, "--gglm-similarity", "cosine", "--gglm-threshold", "0.01",
         "--dropout", "0",
     )  # fmt: skip
-    _, _, log = masked_forward(criterion, model, sample, clean)
+    _, _, log, decisions = masked_forward(criterion, model, sample, clean)
     assert log["gglm_active"] == 1 and criterion.needs_norms
 
 
@@ -159,8 +155,8 @@ def test_auto_engine_falls_back_to_vmap_once(data_bin, tmp_path, monkeypatch, ca
     _, model, criterion, sample, clean = setup(
         data_bin, tmp_path, "--dropout", "0", "--gglm-granularity", "token"
     )
-    _, _, log = masked_forward(criterion, model, sample, clean)
-    _, _, again = masked_forward(criterion, model, sample, clean)
+    _, _, log, decisions = masked_forward(criterion, model, sample, clean)
+    _, _, again, decisions = masked_forward(criterion, model, sample, clean)
     assert log["gglm_active"] == again["gglm_active"] == 1
     assert criterion.engine_for(model) == "vmap"
     assert caplog.text.count("forward-mode AD failed") == 1
@@ -184,8 +180,8 @@ def test_alignment_without_dropout_judges_the_eval_model(data_bin, tmp_path):
     _, model, criterion, sample, clean = setup(
         data_bin, tmp_path, "--dropout", "0.3", "--gglm-alignment-without-dropout"
     )
-    masked_forward(criterion, model, sample, clean)
-    _, alignment, _ = criterion.take_pending()[0]
+    decisions = masked_forward(criterion, model, sample, clean)[3]
+    _, alignment, _ = decisions.ids, decisions.alignment, decisions.masked
     assert model.training  # put back in training mode
     model.eval()
     expected = loop_aligned_loss(model, criterion.token_losses, sample, clean.direction)
@@ -214,8 +210,8 @@ def test_ghost_pads_a_batch_as_long_as_it_is_wide(data_bin, tmp_path):
     results = {}
     for engine in ("ghost", "loop"):
         criterion._engine = engine
-        loss, sample_size, log = masked_forward(criterion, model, sample, clean)
-        (ids, alignment, masked), = criterion.take_pending()
+        loss, sample_size, log, decisions = masked_forward(criterion, model, sample, clean)
+        alignment, masked = decisions.alignment, decisions.masked
         results[engine] = (alignment, masked, float(loss.detach()), sample_size)
     (ghost, ghost_masked, ghost_loss, ghost_size), (loop, loop_masked, loop_loss, loop_size) = (
         results["ghost"], results["loop"])  # fmt: skip
@@ -234,7 +230,7 @@ def test_auto_falls_back_to_jvp_where_ghost_has_no_rule(data_bin, tmp_path, capl
     _, model, criterion, sample, _ = setup(data_bin, tmp_path, "--dropout", "0")
     add_bias_kv(model)
     clean = random_clean(model)
-    _, _, log = masked_forward(criterion, model, sample, clean)
+    _, _, log, decisions = masked_forward(criterion, model, sample, clean)
     masked_forward(criterion, model, sample, clean)
     assert criterion.engine_for(model) == "jvp" and log["gglm_active"] == 1
     assert caplog.text.count("no rule for encoder.layers.0.self_attn.bias_k") == 1

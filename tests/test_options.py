@@ -60,9 +60,7 @@ def test_running_score_masks_on_the_history(data_bin, tmp_path):
     ids = sample["id"].tolist()
     # A long, very negative past outweighs whatever this update says.
     task.record.update(ids, [-1e6] * len(ids), [1.0] * len(ids), update_num=0)
-    criterion.begin_step(clean, record_examples=False)
-    _, sample_size, log = criterion(model, sample)
-    criterion.end_step()
+    _, sample_size, log, _ = criterion.masked_forward(model, sample, clean, record=task.record)
     assert log["gglm_sentences_masked"] == len(ids) and sample_size == 0
 
 

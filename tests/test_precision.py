@@ -32,9 +32,7 @@ def test_clean_gradient_and_masked_loss_on_a_bfloat16_model(data_bin, tmp_path):
         task.get_batch_iterator(task.dataset("train"), max_tokens=400, seed=1)
         .next_epoch_itr(shuffle=False)
     )
-    criterion.begin_step(clean, record_examples=True)
-    loss, sample_size, log = criterion(model, sample)
-    criterion.end_step()
+    loss, sample_size, log, _ = criterion.masked_forward(model, sample, clean)
     loss.backward()
     assert torch.isfinite(loss) and log["gglm_active"] == 1
     assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)

@@ -70,9 +70,9 @@ def test_no_second_moment_before_the_first_step_and_errors():
 def test_task_hands_the_criterion_the_preconditioned_clean_gradient(data_bin, tmp_path):
     # The batch's own gradient, not averaged with the earlier ones (the default).
     task, model, criterion = build(
-        train_args(data_bin, tmp_path / "ckpt", "--gglm-clean-grad-ema", "0")
-    )
-    criterion.cfg.gglm_preconditioner = "adam"
+        train_args(data_bin, tmp_path / "ckpt", "--gglm-clean-grad-ema", "0",
+                   "--gglm-preconditioner", "adam")
+    )  # fmt: skip
     params = list(model.parameters())
     adam = Adam(params, lr=1e-3, betas=(0.9, 0.98), eps=1e-8)
     # Before Adam's first step: the raw clean gradient.

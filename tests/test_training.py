@@ -7,11 +7,7 @@ import torch
 from helpers import load_params, train, train_args
 
 from gglm_fairseq.record import RECORD_FILE, ExampleRecord
-from gglm_fairseq.tasks.translation_with_clean_set import (
-    CLEAN_AVERAGE_FILE,
-    CleanBatches,
-    TranslationWithCleanSetTask,
-)
+from gglm_fairseq.tasks.translation_with_clean_set import CleanBatches
 
 pytestmark = pytest.mark.slow
 
@@ -81,29 +77,6 @@ def test_one_clean_batch_per_update_and_exact_resume(data_bin, tmp_path, clean_i
     assert resumed.update_num == 9 and len(resumed.history) == 10
     assert resumed.seen.sum() == resumed.history[:, 1].sum() > seen_first
     np.testing.assert_array_equal(resumed.history[:6], first.history)
-
-
-def test_clean_gradient_average_survives_a_resume(data_bin, tmp_path, monkeypatch):
-    save = tmp_path / "ckpt"
-    args = ("--gglm-clean-grad-ema", "0.75")
-    train(train_args(data_bin, save, *args, "--max-update", "3"))
-    saved = torch.load(save / CLEAN_AVERAGE_FILE, weights_only=True)
-    assert saved["update_num"] == 2
-
-    averaged_with = []
-    original = TranslationWithCleanSetTask._averaged
-
-    def averaged(self, grads, decay, update_num):
-        averaged_with.append(None if self._clean_average is None else
-                             [a.clone() for a in self._clean_average])  # fmt: skip
-        return original(self, grads, decay, update_num)
-
-    monkeypatch.setattr(TranslationWithCleanSetTask, "_averaged", averaged)
-    train(train_args(data_bin, save, *args, "--max-update", "5"))
-    # The first update after the resume averages with the saved average, not from scratch.
-    assert averaged_with[0] is not None
-    for got, want in zip(averaged_with[0], saved["average"]):
-        assert torch.equal(got, want)
 
 
 def test_warmup_and_interval(data_bin, tmp_path, clean_indices):

@@ -1,5 +1,5 @@
 from .gradient_masked_cross_entropy import (  # noqa: F401
-    CleanGradient,
+    Decisions,
     GradientMaskedCrossEntropyConfig,
     GradientMaskedCrossEntropyCriterion,
 )

@@ -1,13 +1,13 @@
 """Label-smoothed cross-entropy masked by gradient alignment with a clean batch (GGLM).
 
-The task (``translation_with_clean_set``) hands this criterion the clean gradient of the
-update through :meth:`begin_step`; the alignment math lives in :mod:`gglm_fairseq.alignment`.
+The criterion owns the loss and the mask: :meth:`masked_forward` takes the update's clean
+gradient (from the task's :mod:`gglm_fairseq.clean_gradient` estimator) and returns the masked
+loss with the per-example decisions; the task records those once the update is applied. The
+alignment math lives in :mod:`gglm_fairseq.alignment`.
 """
-
 
 import logging
 import math
-import re
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -31,7 +31,9 @@ from gglm_fairseq.alignment import (
     mask_from_scores,
     similarity,
 )
+from gglm_fairseq.clean_gradient import CleanGradient
 from gglm_fairseq.errors import GGLMUserError
+from gglm_fairseq.record import ExampleRecord
 
 logger = logging.getLogger(__name__)
 
@@ -39,12 +41,12 @@ ENGINE_CHOICES = ChoiceEnum(["auto", "ghost", "jvp", "vmap", "loop"])
 
 
 @dataclass
-class CleanGradient:
-    """The clean-batch gradient of one update, as the task hands it over."""
+class Decisions:
+    """What the mask decided for one micro-batch, per sentence (on the CPU)."""
 
-    direction: Optional[List[Tensor]]  # one tensor per trainable parameter; None if non-finite
-    loss: float  # the clean batch's mean per-token loss (nats)
-    update_num: int  # the update at which it was computed
+    ids: Tensor  # (B,) dataset example ids
+    alignment: Tensor  # (B,) sentence alignment (token alignments summed)
+    masked: Tensor  # (B,) masked share of the sentence's tokens (1: the whole sentence)
 
 
 @dataclass
@@ -78,23 +80,6 @@ class GradientMaskedCrossEntropyConfig(LabelSmoothedCrossEntropyCriterionConfig)
         default=0.0,
         metadata={"help": "keep an example (token) when its similarity is above this"},
     )
-    gglm_preconditioner: ChoiceEnum(["none", "adam"]) = field(
-        default="none",
-        metadata={
-            "help": "measure alignments in the optimiser's geometry: adam = <grad l_i, P "
-            "g_clean> with P = 1/(sqrt(v_hat)+eps) from Adam's state, the first-order "
-            "change of the clean loss under the Adam step (ours; the raw gradient until "
-            "Adam's first step); none = the raw <grad l_i, g_clean>"
-        },
-    )
-    gglm_parameters: str = field(
-        default="",
-        metadata={
-            "help": "measure alignments over the parameters whose names match this regular "
-            "expression only (the clean gradient is zero elsewhere), e.g. 'encoder_attn' for "
-            "the decoder's cross-attention (ours); empty: all parameters"
-        },
-    )
     gglm_warmup_updates: int = field(
         default=0,
         metadata={"help": "train unmasked for this many updates before masking starts"},
@@ -102,19 +87,6 @@ class GradientMaskedCrossEntropyConfig(LabelSmoothedCrossEntropyCriterionConfig)
     gglm_interval: int = field(
         default=1,
         metadata={"help": "after warm-up, mask on every K-th update; plain in between"},
-    )
-    gglm_clean_grad_interval: int = field(
-        default=1,
-        metadata={"help": "recompute the clean gradient every K updates, reuse in between"},
-    )
-    gglm_clean_grad_ema: float = field(
-        default=0.75,
-        metadata={
-            "help": "average the clean gradient across updates: g <- d*g_old + (1-d)*g_new "
-            "with this decay d in [0, 1) (0: the current clean batch alone; ours: with the "
-            "default quarter-size clean batch it is closer to the whole clean set's gradient "
-            "than one full-size batch, see docs/benchmarks.md)"
-        },
     )
     gglm_score: ChoiceEnum(["current", "running"]) = field(
         default="current",
@@ -171,20 +143,22 @@ class GradientMaskedCrossEntropyCriterion(LabelSmoothedCrossEntropyCriterion):
             ignore_prefix_size=cfg.ignore_prefix_size,
             report_accuracy=cfg.report_accuracy,
         )
-        for name in ("gglm_interval", "gglm_clean_grad_interval", "gglm_vmap_chunk_size"):
+        if not hasattr(task, "estimator"):
+            raise GGLMUserError(
+                "--criterion gradient_masked_cross_entropy needs --task "
+                "translation_with_clean_set (the clean set gives the direction it masks by)"
+            )
+        for name in ("gglm_interval", "gglm_vmap_chunk_size"):
             if getattr(cfg, name) < 1:
                 raise GGLMUserError(f"--{name.replace('_', '-')} must be >= 1")
         if cfg.gglm_warmup_updates < 0:
             raise GGLMUserError("--gglm-warmup-updates must be >= 0")
-        if not 0.0 <= cfg.gglm_clean_grad_ema < 1.0:
-            raise GGLMUserError("--gglm-clean-grad-ema must be in [0, 1)")
         self.running_score = str(cfg.gglm_score) == "running"
         if self.running_score and (
             str(cfg.gglm_granularity) != "sentence" or str(cfg.gglm_similarity) != "dot"
         ):
             raise GGLMUserError(
-                "--gglm-score running needs --gglm-granularity sentence and "
-                "--gglm-similarity dot"
+                "--gglm-score running needs --gglm-granularity sentence and --gglm-similarity dot"
             )
         self.cfg = cfg
         self.engine_name = str(cfg.gglm_engine)
@@ -198,41 +172,18 @@ class GradientMaskedCrossEntropyCriterion(LabelSmoothedCrossEntropyCriterion):
                 "--gglm-similarity cosine with a non-zero --gglm-threshold needs gradient "
                 "norms, which the jvp engine does not compute: use --gglm-engine vmap or loop"
             )
-        if cfg.gglm_parameters:
-            try:
-                re.compile(cfg.gglm_parameters)
-            except re.error as error:
-                message = f"--gglm-parameters: bad regular expression ({error})"
-                raise GGLMUserError(message) from None
-            if self.needs_norms:
-                raise GGLMUserError(
-                    "--gglm-parameters with --gglm-similarity cosine and a non-zero threshold "
-                    "is not supported: the per-example gradient norms span all parameters"
-                )
+        if task.estimator.settings.parameters and self.needs_norms:
+            raise GGLMUserError(
+                "--gglm-parameters with --gglm-similarity cosine and a non-zero threshold "
+                "is not supported: the per-example gradient norms span all parameters"
+            )
         self._engine: Optional[str] = None  # resolved by engine_for
-        # Set by the task for each training micro-batch (None: plain training).
-        self.clean: Optional[CleanGradient] = None
-        self.loss_scale: float = 1.0
-        self.record_examples: bool = False
-        self.pending: List[Tuple[Tensor, Tensor, Tensor]] = []
 
     # --- schedule, asked by the task -------------------------------------------------
     def masks_update(self, update_num: int) -> bool:
         """Whether update ``update_num`` is trained on the masked loss."""
         after_warmup = update_num - self.cfg.gglm_warmup_updates
         return after_warmup >= 0 and after_warmup % self.cfg.gglm_interval == 0
-
-    def begin_step(
-        self, clean: Optional[CleanGradient], record_examples: bool, loss_scale: float = 1.0
-    ) -> None:
-        """Mask the coming micro-batches with ``clean`` (None: plain training); fairseq's
-        backward will multiply the loss by ``loss_scale`` (fp16)."""
-        self.clean = clean
-        self.record_examples = record_examples
-        self.loss_scale = loss_scale
-
-    def end_step(self) -> None:
-        self.clean = None
 
     # --- losses -----------------------------------------------------------------------
     def token_losses(
@@ -277,14 +228,15 @@ class GradientMaskedCrossEntropyCriterion(LabelSmoothedCrossEntropyCriterion):
             self._engine = name
         return self._engine
 
-    def _aligned_loss(self, model: nn.Module, sample: Dict[str, Any]) -> AlignedLoss:
+    def _aligned_loss(
+        self, model: nn.Module, sample: Dict[str, Any], direction: List[Tensor], loss_scale: float
+    ) -> AlignedLoss:
         name = self.engine_for(model)
         kwargs: Dict[str, Any] = dict(granularity=self.granularity, with_norms=self.needs_norms)
         if name == "vmap":
             kwargs["chunk_size"] = self.cfg.gglm_vmap_chunk_size
         if name == "ghost":
-            kwargs["loss_scale"] = self.loss_scale
-        direction = self.clean.direction
+            kwargs["loss_scale"] = loss_scale
         try:
             if not self.cfg.gglm_alignment_without_dropout:
                 return get_engine(name)(model, self.token_losses, sample, direction, **kwargs)
@@ -301,7 +253,7 @@ class GradientMaskedCrossEntropyCriterion(LabelSmoothedCrossEntropyCriterion):
                 raise
             logger.warning("gglm: %s; using the jvp engine", error)
             self._engine = "jvp"
-            return self._aligned_loss(model, sample)
+            return self._aligned_loss(model, sample, direction, loss_scale)
         except (NotImplementedError, RuntimeError) as error:
             if self.engine_name != "auto" or name != "jvp" or "forward" not in str(error).lower():
                 raise
@@ -309,19 +261,36 @@ class GradientMaskedCrossEntropyCriterion(LabelSmoothedCrossEntropyCriterion):
                 "gglm: forward-mode AD failed on this model (%s); using the vmap engine", error
             )
             self._engine = "vmap"
-            return self._aligned_loss(model, sample)
+            return self._aligned_loss(model, sample, direction, loss_scale)
 
-    def unit_mask(self, scores: Tensor, sample: Dict[str, Any]) -> Tensor:
+    def unit_mask(
+        self, scores: Tensor, sample: Dict[str, Any], record: Optional[ExampleRecord] = None
+    ) -> Tensor:
         """1 for the sentences (B,) or tokens (B, T) to train on, from their scores; a
-        subclass may decide otherwise (the experiments' oracle and random controls)."""
-        if self.running_score:
-            scores = self.task.record.running_alignment(sample["id"], scores)
+        subclass may decide otherwise (the experiments' oracle and random controls).
+        ``record``: the examples' past alignments, for --gglm-score running."""
+        if self.running_score and record is not None:
+            scores = record.running_alignment(sample["id"], scores)
         return mask_from_scores(scores, self.cfg.gglm_threshold)
 
     def forward(self, model: nn.Module, sample: Dict[str, Any], reduce: bool = True):
+        """The unmasked loss (validation, and training where the task gives no direction)."""
+        loss, sample_size, logging_output, _ = self.masked_forward(model, sample, None)
+        return loss, sample_size, logging_output
+
+    def masked_forward(
+        self,
+        model: nn.Module,
+        sample: Dict[str, Any],
+        clean: Optional[CleanGradient],
+        loss_scale: float = 1.0,
+        record: Optional[ExampleRecord] = None,
+    ) -> Tuple[Tensor, Any, Dict[str, Any], Optional[Decisions]]:
+        """The loss masked by alignment with ``clean`` (None: unmasked), its sample size, the
+        logging output and the per-sentence decisions (None when unmasked). ``loss_scale``:
+        the factor fairseq's backward multiplies the loss by (fp16)."""
         if model.training:
             self.engine_for(model)  # at start-up, not after the warm-up
-        clean = self.clean if model.training else None
         direction = clean.direction if clean is not None else None
         if direction is not None and self._engine == "ghost":
             sample = _with_distinct_lengths(sample, self.padding_idx)
@@ -333,12 +302,15 @@ class GradientMaskedCrossEntropyCriterion(LabelSmoothedCrossEntropyCriterion):
             mask = target_mask.to(token_losses.dtype)
             alignment = None
         else:
-            aligned = self._aligned_loss(model, sample)
+            aligned = self._aligned_loss(model, sample, direction, loss_scale)
             token_losses, extras = aligned.token_losses, aligned.extras
             scores = similarity(
                 aligned.alignment, self.similarity, aligned.gradient_norm, direction
             )
-            unit_mask = self.unit_mask(scores, sample)
+            # A non-finite alignment says nothing about the example: mask it, record nothing.
+            finite = torch.isfinite(scores)
+            scores = torch.where(finite, scores, torch.zeros_like(scores))
+            unit_mask = self.unit_mask(scores, sample, record) * finite
             mask = unit_mask.unsqueeze(1) if self.granularity == "sentence" else unit_mask
             mask = mask.expand_as(token_losses).to(token_losses.dtype) * target_mask
             alignment = aligned.alignment
@@ -376,12 +348,17 @@ class GradientMaskedCrossEntropyCriterion(LabelSmoothedCrossEntropyCriterion):
             "gglm_alignment_count": 0,
             "gglm_alignment_min": 0.0,
             "gglm_alignment_max": 0.0,
+            "gglm_alignment_nonfinite": 0,
         }
+        decisions = None
         if alignment is not None:
             sentence_alignment = alignment if alignment.dim() == 1 else alignment.sum(dim=1)
             token_counts = target_mask.sum(dim=1)
             masked_fraction = 1.0 - (mask.sum(dim=1) / token_counts.clamp_min(1))
             values = alignment if alignment.dim() == 1 else alignment[target_mask]
+            finite_values = torch.isfinite(values)
+            nonfinite = utils.item((~finite_values).sum())
+            values = values[finite_values]
             logging_output.update(
                 gglm_active=1,
                 gglm_sentences=nsentences,
@@ -393,20 +370,18 @@ class GradientMaskedCrossEntropyCriterion(LabelSmoothedCrossEntropyCriterion):
                 gglm_alignment_count=values.numel(),
                 gglm_alignment_min=utils.item(values.min()) if values.numel() else 0.0,
                 gglm_alignment_max=utils.item(values.max()) if values.numel() else 0.0,
+                gglm_alignment_nonfinite=nonfinite,
             )
-            if self.record_examples:
-                self.pending.append(
-                    (sample["id"].detach().cpu(), sentence_alignment.cpu(), masked_fraction.cpu())
-                )
+            recorded = torch.isfinite(sentence_alignment)
+            decisions = Decisions(
+                ids=sample["id"].detach()[recorded].cpu(),
+                alignment=sentence_alignment[recorded].cpu(),
+                masked=masked_fraction[recorded].cpu(),
+            )
         if self.report_accuracy:
             logging_output["n_correct"] = utils.item(extras["n_correct"])
             logging_output["total"] = utils.item(extras["total"])
-        return masked_loss, sample_size, logging_output
-
-    def take_pending(self) -> List[Tuple[Tensor, Tensor, Tensor]]:
-        """The per-example decisions since the last call, for the task's record."""
-        pending, self.pending = self.pending, []
-        return pending
+        return masked_loss, sample_size, logging_output, decisions
 
     # --- metrics ----------------------------------------------------------------------
     @classmethod
@@ -424,12 +399,14 @@ class GradientMaskedCrossEntropyCriterion(LabelSmoothedCrossEntropyCriterion):
         )
         metrics.log_derived("ppl", lambda meters: utils.get_perplexity(meters["nll_loss"].avg))
         metrics.log_scalar(
-            "masked_loss", total("masked_loss") / max(sample_size, 1) / math.log(2),
-            sample_size, round=3,
+            "masked_loss",
+            total("masked_loss") / max(sample_size, 1) / math.log(2),
+            sample_size,
+            round=3,
         )
-        nonfinite = total("gglm_clean_nonfinite")
-        if nonfinite:
-            metrics.log_scalar("gglm_clean_nonfinite", nonfinite, round=0)
+        for key in ("gglm_clean_nonfinite", "gglm_alignment_nonfinite"):
+            if total(key):
+                metrics.log_scalar(key, total(key), round=0)
         active = total("gglm_active")
         # Fraction of micro-batches trained on the masked loss (warm-up, interval, non-finite).
         metrics.log_scalar("gglm_active", active / max(total("gglm_batches"), 1), round=3)
@@ -442,8 +419,9 @@ class GradientMaskedCrossEntropyCriterion(LabelSmoothedCrossEntropyCriterion):
             metrics.log_scalar(
                 "gglm_masked_tok", total("gglm_tokens_masked") / tokens, tokens, round=3
             )
-            metrics.log_scalar("gglm_clean_loss", total("gglm_clean_loss") / active / math.log(2),
-                               active, round=3)
+            metrics.log_scalar(
+                "gglm_clean_loss", total("gglm_clean_loss") / active / math.log(2), active, round=3
+            )
             count = total("gglm_alignment_count")
             if count > 0:
                 metrics.log_scalar(

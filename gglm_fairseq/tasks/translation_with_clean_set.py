@@ -4,9 +4,9 @@ hands the criterion the gradient of a clean batch's loss.
 The clean data is only used for that gradient; it is never trained on.
 """
 
-
 import contextlib
 import filecmp
+import itertools
 import logging
 import os
 from dataclasses import dataclass, field
@@ -16,7 +16,9 @@ import numpy as np
 import torch
 from fairseq import utils
 from fairseq.data import indexed_dataset
+from fairseq.dataclass import ChoiceEnum
 from fairseq.distributed import utils as distributed_utils
+from fairseq.optim.amp_optimizer import AMPOptimizer
 from fairseq.tasks import register_task
 from fairseq.tasks.translation import (
     TranslationConfig,
@@ -25,21 +27,25 @@ from fairseq.tasks.translation import (
 )
 from omegaconf import II
 
-from gglm_fairseq.alignment import (
-    adam_preconditioned,
-    gradient,
-    selected_parameters,
-    trainable_parameters,
+from gglm_fairseq.alignment import trainable_parameters
+from gglm_fairseq.clean_gradient import (
+    CleanGradient,
+    CleanGradientEstimator,
+    EstimatorSettings,
 )
-from gglm_fairseq.criterions.gradient_masked_cross_entropy import CleanGradient
+from gglm_fairseq.criterions.gradient_masked_cross_entropy import (
+    Decisions,
+    GradientMaskedCrossEntropyCriterion,
+)
 from gglm_fairseq.errors import GGLMUserError
-from gglm_fairseq.record import RECORD_FILE, ExampleRecord, write_atomically
+from gglm_fairseq.record import RECORD_FILE, ExampleRecord
 
 logger = logging.getLogger(__name__)
 
-# Beside the checkpoints: the --gglm-clean-grad-ema average (fairseq's trainer does not hand
-# a task its saved state back on resume, so it is kept like the per-example record).
-CLEAN_AVERAGE_FILE = "gglm_clean_grad_ema.pt"
+# The key of GGLM's state (record, clean-gradient estimator) in a checkpoint's task_state.
+STATE_KEY = "gglm"
+# Warn once when every example of this many consecutive masked updates was masked.
+ALL_MASKED_WARNING = 20
 CLEAN_BATCH_SHARE = 4  # the default clean batch: 1/4 of the training batch
 
 
@@ -75,8 +81,48 @@ class TranslationWithCleanSetConfig(TranslationConfig):
         default=1,
         metadata={"help": "clean batches whose gradients are pooled for each update"},
     )
+    gglm_clean_grad_interval: int = field(
+        default=1,
+        metadata={"help": "recompute the clean gradient every K updates, reuse in between"},
+    )
+    gglm_clean_grad_ema: float = field(
+        default=0.75,
+        metadata={
+            "help": "average the clean gradient across updates: g <- d*g_old + (1-d)*g_new "
+            "with this decay d in [0, 1) (0: the current clean batch alone; ours: with the "
+            "default quarter-size clean batch it is closer to the whole clean set's gradient "
+            "than one full-size batch, see docs/benchmarks.md)"
+        },
+    )
+    gglm_preconditioner: ChoiceEnum(["none", "adam"]) = field(
+        default="none",
+        metadata={
+            "help": "measure alignments in the optimiser's geometry: adam = <grad l_i, P "
+            "g_clean> with P = 1/(sqrt(v_hat)+eps) from Adam's state, the first-order "
+            "change of the clean loss under the Adam step (ours; the raw gradient until "
+            "Adam's first step); none = the raw <grad l_i, g_clean>"
+        },
+    )
+    gglm_parameters: str = field(
+        default="",
+        metadata={
+            "help": "measure alignments over the parameters whose names match this regular "
+            "expression only (the clean gradient is zero elsewhere), e.g. 'encoder_attn' for "
+            "the decoder's cross-attention (ours); empty: all parameters"
+        },
+    )
+    rebuild_batches: bool = field(
+        default=False,
+        metadata={
+            "help": "rebuild the training batches at every epoch from seed + epoch (fairseq's "
+            "task option, read by its get_batch_iterator): a run resumed at a later epoch then "
+            "trains on the same batches as an uninterrupted one, which by default keeps the "
+            "first epoch's batches while the resumed run builds its resume epoch's"
+        },
+    )
     # Filled from the rest of fairseq's configuration (no flags of their own).
     gglm_record_dir: Optional[str] = II("checkpoint.save_dir")
+    restore_file: Optional[str] = II("checkpoint.restore_file")
     train_max_tokens: Optional[int] = II("dataset.max_tokens")
     train_batch_size: Optional[int] = II("dataset.batch_size")
     seed: int = II("common.seed")
@@ -101,11 +147,15 @@ class CleanBatches:
 
     def batch(self, index: int) -> Dict[str, Any]:
         epoch, position = divmod(index, self.batches_per_epoch)
-        if self._next_index != index or position == 0:
-            self._iterator = self._make_epoch_iterator(epoch + 1).next_epoch_itr(shuffle=True)
-            self._iterator.skip(position)
-        self._next_index = index + 1
-        return next(self._iterator)
+        # A new torch DataLoader iterator draws a seed from the global torch RNG, which
+        # fairseq seeds per update for dropout: a resumed run builds its iterator at another
+        # update than an uninterrupted one, so the draw must not touch the global state.
+        with torch.random.fork_rng(devices=[]):
+            if self._next_index != index or position == 0:
+                self._iterator = self._make_epoch_iterator(epoch + 1).next_epoch_itr(shuffle=True)
+                self._iterator.skip(position)
+            self._next_index = index + 1
+            return next(self._iterator)
 
 
 def _data_parallel_rank() -> int:
@@ -153,7 +203,7 @@ def adam_second_moment(
                 "trainable parameters one to one (sharded optimiser state is not supported)"
             )
         moments = [chunk.view(p.shape) for chunk, p in zip(flat.split(sizes), params)]
-    (betas, eps), = settings
+    ((betas, eps),) = settings
     return moments, float(states[0]["step"]), float(betas[1]), float(eps)
 
 
@@ -183,20 +233,50 @@ class TranslationWithCleanSetTask(TranslationTask):
         super().__init__(cfg, src_dict, tgt_dict)
         if cfg.clean_batches_per_update < 1:
             raise GGLMUserError("--clean-batches-per-update must be >= 1")
+        self.estimator = CleanGradientEstimator(
+            EstimatorSettings(
+                interval=cfg.gglm_clean_grad_interval,
+                decay=cfg.gglm_clean_grad_ema,
+                preconditioner=str(cfg.gglm_preconditioner),
+                parameters=cfg.gglm_parameters,
+            )
+        )
         self.clean_batches: Optional[CleanBatches] = None
         self.record = ExampleRecord()
-        self._record_checked = False
-        self._clean_cache: Optional[CleanGradient] = None
-        self._clean_average: Optional[List[torch.Tensor]] = None
-        self._clean_average_update = -1  # the update the average was last taken at
-        self._selected: Optional[List[bool]] = None  # --gglm-parameters, once known
-        self._criterion = None
+        self._decisions: List[Decisions] = []  # this update's, recorded once it is applied
+        self._next_update = 0  # the update the record and the estimator are ready for
+        self._gglm = False  # trained with the GGLM criterion: its state goes to checkpoints
+        self._resumed = False
+        self._all_masked_run = 0  # consecutive recorded updates that masked everything
+        self._shard_offset = 0  # epoch-sharded data: ids of earlier shards come first
 
     # --- data -------------------------------------------------------------------------
     def load_dataset(self, split: str, epoch: int = 1, combine: bool = False, **kwargs) -> None:
         super().load_dataset(split, epoch=epoch, combine=combine, **kwargs)
-        if split == self.cfg.train_subset and self.cfg.clean_subset not in self.datasets:
+        if split != self.cfg.train_subset:
+            return
+        self._shard_offset = self.shard_offset(split, epoch)
+        if self.cfg.clean_subset not in self.datasets:
             self.load_clean_dataset()
+
+    def shard_offset(self, split: str, epoch: int) -> int:
+        """Epoch-sharded data (``data-bin/a:data-bin/b``) restarts example ids in each shard;
+        the record keys an example by the examples of the shards before it plus its id."""
+        paths = utils.split_paths(self.cfg.data)
+        shard = (epoch - 1) % len(paths)
+        offset = 0
+        src, tgt, impl = self.cfg.source_lang, self.cfg.target_lang, self.cfg.dataset_impl
+        for path in paths[:shard]:
+            # fairseq combines train, train1, train2, ... of a shard, in either pair order.
+            for k in itertools.count():
+                name = split + (str(k) if k > 0 else "")
+                prefixes = [os.path.join(path, f"{name}.{pair}.{src}")
+                            for pair in (f"{src}-{tgt}", f"{tgt}-{src}")]  # fmt: skip
+                found = [x for x in prefixes if indexed_dataset.dataset_exists(x, impl=impl)]
+                if not found:
+                    break
+                offset += len(indexed_dataset.make_dataset(found[0], impl=impl))
+        return offset
 
     def clean_prefix(self) -> str:
         directory = self.cfg.clean_data or utils.split_paths(self.cfg.data)[0]
@@ -278,6 +358,16 @@ class TranslationWithCleanSetTask(TranslationTask):
         if max_sentences is None and self.cfg.train_batch_size:
             max_sentences = max(self.cfg.train_batch_size // CLEAN_BATCH_SHARE, 1)
         max_positions = utils.resolve_max_positions(self.max_positions(), model.max_positions())
+        kept, ignored = dataset.filter_indices_by_size(dataset.ordered_indices(), max_positions)
+        if len(kept) == 0:
+            raise CleanSetError(
+                f"all {len(dataset)} clean pairs are longer than the model's max positions "
+                f"{max_positions}: raise --max-source-positions/--max-target-positions"
+            )
+        if len(ignored):
+            logger.warning("gglm: %d of %d clean pairs are longer than the model's max "
+                           "positions %s and are skipped", len(ignored), len(dataset),
+                           max_positions)  # fmt: skip
 
         def make_epoch_iterator(epoch: int):
             # fairseq logs three lines per iterator built: once per clean epoch is noise.
@@ -302,130 +392,90 @@ class TranslationWithCleanSetTask(TranslationTask):
     def clean_gradient(
         self, model: torch.nn.Module, criterion, update_num: int, optimizer: Any = None
     ) -> CleanGradient:
-        """The gradient of the mean per-token loss over update ``update_num``'s clean
-        batches (all data-parallel ranks together), cached for the clean-gradient interval,
-        with ``--gglm-clean-grad-ema`` averaged with the earlier ones, and with
-        ``--gglm-preconditioner adam`` seen through ``optimizer``'s second moment."""
-        interval = criterion.cfg.gglm_clean_grad_interval
-        anchor = update_num - update_num % interval
-        if self._clean_cache is not None and self._clean_cache.update_num == anchor:
-            return self._clean_cache
+        """Update ``update_num``'s direction from the estimator: this rank's clean batches,
+        summed over data-parallel ranks, in ``optimizer``'s geometry where asked."""
         base = _unwrapped(model)
         if self.clean_batches is None:
             self.clean_batches = self.clean_batch_iterators(base)
-        params = trainable_parameters(base)
-        device = params[0].device
         per_update = self.cfg.clean_batches_per_update
-        first = (update_num // interval) * per_update
-        batches = [self.clean_batches.batch(first + k) for k in range(per_update)]
-        batches = [b for b in batches if b and "net_input" in b]  # a tiny set's empty shard
+        device = trainable_parameters(base)[0].device
+
+        def batches(index: int) -> List[Dict[str, Any]]:
+            found = [self.clean_batches.batch(index * per_update + k) for k in range(per_update)]
+            found = [b for b in found if b and "net_input" in b]  # a tiny set's empty shard
+            return [utils.move_to_cuda(b, device) if device.type == "cuda" else b for b in found]
+
         group = distributed_utils.get_data_parallel_group() if self._world_size() > 1 else None
-        tokens = torch.tensor([float(sum(b["ntokens"] for b in batches))], device=device)
+        all_reduce = None
         if group is not None:
-            tokens = distributed_utils.all_reduce(tokens, group=group)
-        total_tokens = max(float(tokens.item()), 1.0)
 
-        grads = [torch.zeros_like(p, dtype=torch.float32) for p in params]
-        clean_loss = torch.zeros((), device=device)
-        # Dropout off: g_clean estimates a direction, it is not a training step.
-        was_training = base.training
-        base.eval()
-        try:
-            for batch in batches:
-                batch = utils.move_to_cuda(batch, device) if device.type == "cuda" else batch
-                with torch.enable_grad():
-                    losses, _ = criterion.token_losses(base, batch)
-                    batch_loss = losses.float().sum() / total_tokens
-                    for total, g in zip(grads, gradient(batch_loss, params)):
-                        total.add_(g.float())
-                clean_loss += batch_loss.detach()
-        finally:
-            base.train(was_training)
-        if group is not None:
-            flat = torch.cat([clean_loss.view(1)] + [g.view(-1) for g in grads])
-            flat = distributed_utils.all_reduce(flat, group=group)
-            clean_loss = flat[0]
-            grads = [
-                chunk.view_as(g)
-                for chunk, g in zip(torch.split(flat[1:], [g.numel() for g in grads]), grads)
-            ]
-        finite = bool(torch.isfinite(clean_loss)) and all(
-            bool(torch.isfinite(g).all()) for g in grads
-        )
-        if not finite:
-            logger.warning(
-                "gglm: non-finite clean gradient at update %d: this update trains unmasked",
-                update_num,
-            )
-        else:
-            if criterion.cfg.gglm_parameters:
-                if self._selected is None:  # the names and the pattern are fixed for the run
-                    self._selected = selected_parameters(base, criterion.cfg.gglm_parameters)
-                for g, keep in zip(grads, self._selected):
-                    if not keep:
-                        g.zero_()  # fresh tensors: zeroed in place, nothing allocated per update
-            grads = self._averaged(grads, criterion.cfg.gglm_clean_grad_ema, anchor)
-            if str(criterion.cfg.gglm_preconditioner) == "adam" and optimizer is not None:
-                state = adam_second_moment(optimizer, params)
-                if state is not None:
-                    grads = adam_preconditioned(grads, *state)
-        self._clean_cache = CleanGradient(
-            direction=grads if finite else None,
-            loss=float(clean_loss),
-            update_num=anchor,
-        )
-        return self._clean_cache
+            def all_reduce(tensor: torch.Tensor) -> torch.Tensor:
+                return distributed_utils.all_reduce(tensor, group=group)
 
-    def _averaged(
-        self, grads: List[torch.Tensor], decay: float, update_num: int
-    ) -> List[torch.Tensor]:
-        """Exponential moving average of the clean gradients (decay 0: the newest alone)."""
-        if decay > 0 and self._clean_average is not None:
-            # New tensors (one kernel each): an earlier update's direction must not change.
-            grads = [torch.lerp(a, g, 1 - decay) for a, g in zip(self._clean_average, grads)]
-        self._clean_average, self._clean_average_update = grads, update_num
-        return grads
+        def adam_state():
+            if optimizer is None:
+                return None
+            return adam_second_moment(optimizer, trainable_parameters(base))
+
+        return self.estimator.estimate(
+            update_num, base, criterion.token_losses, batches,
+            loss_scale=loss_scale(optimizer) if optimizer is not None else 1.0,
+            all_reduce=all_reduce, adam_state=adam_state,
+        )  # fmt: skip
 
     @staticmethod
     def _world_size() -> int:
         return distributed_utils.get_data_parallel_world_size()
 
-    # --- hooks into fairseq's training loop -------------------------------------------
-    def train_step(
-        self, sample, model, criterion, optimizer, update_num, ignore_grad=False
-    ):
-        if not hasattr(criterion, "begin_step"):
-            return super().train_step(
-                sample, model, criterion, optimizer, update_num, ignore_grad
-            )
-        self._criterion = criterion
-        if not self._record_checked:
-            self._restore_record(update_num)
-            self._restore_clean_average(update_num, criterion, model)
+    # --- the update: hooks into fairseq's training loop ---------------------------------
+    def train_step(self, sample, model, criterion, optimizer, update_num, ignore_grad=False):
+        """One micro-batch of update ``update_num``, top to bottom: the direction, the masked
+        loss and its decisions, the backward. The decisions are recorded in
+        :meth:`optimizer_step`, only if fairseq applies the update."""
+        if not isinstance(criterion, GradientMaskedCrossEntropyCriterion):
+            return super().train_step(sample, model, criterion, optimizer, update_num, ignore_grad)
+        self._gglm = True
+        if not self._resumed:
+            self._resume(update_num, model)
+        if _starts_update(model):
+            # fairseq zeroes the gradients before each try at an update: decisions of a try it
+            # discarded (fp16 overflow, OOM) are dropped with them.
+            self._decisions = []
         clean = None
         if criterion.masks_update(update_num):
             clean = self.clean_gradient(model, criterion, update_num, optimizer)
-        criterion.begin_step(
-            clean, record_examples=not ignore_grad, loss_scale=loss_scale(optimizer)
-        )
-        try:
-            return super().train_step(
-                sample, model, criterion, optimizer, update_num, ignore_grad
-            )
-        finally:
-            criterion.end_step()
+        model.train()
+        model.set_num_updates(update_num)
+        record = self.record if criterion.running_score else None
+        with torch.autograd.profiler.record_function("forward"):
+            with torch.autocast("cuda", enabled=isinstance(optimizer, AMPOptimizer)):
+                loss, sample_size, logging_output, decisions = criterion.masked_forward(
+                    model, sample, clean, loss_scale(optimizer), record
+                )
+        if ignore_grad:
+            loss *= 0  # fairseq's dummy batch: nothing trained, nothing recorded
+        elif decisions is not None:
+            self._decisions.append(decisions)
+        with torch.autograd.profiler.record_function("backward"):
+            optimizer.backward(loss)
+        return loss, sample_size, logging_output
 
     def optimizer_step(self, optimizer, model, update_num) -> None:
+        scale = loss_scale(optimizer)
         super().optimizer_step(optimizer, model, update_num)
-        if self._criterion is not None:
-            self._commit_record(self._criterion.take_pending(), update_num)
+        decisions, self._decisions = self._decisions, []
+        if isinstance(optimizer, AMPOptimizer) and loss_scale(optimizer) < scale:
+            return  # AMP's scaler skipped the step (non-finite gradients): not applied
+        if self._gglm:
+            self._commit(decisions, update_num)
 
-    def _commit_record(self, pending: List, update_num: int) -> None:
-        """Add this update's decisions, gathered from every data-parallel rank."""
+    def _commit(self, decisions: List[Decisions], update_num: int) -> None:
+        """Record update ``update_num``'s decisions, gathered from every data-parallel rank."""
         entries = [
-            (ids.numpy(), alignment.double().numpy(), masked.double().numpy())
-            for ids, alignment, masked in pending
-        ]
+            (d.ids.numpy() + self._shard_offset, d.alignment.double().numpy(),
+             d.masked.double().numpy())
+            for d in decisions
+        ]  # fmt: skip
         if self._world_size() > 1:
             gathered: List[Any] = [None] * self._world_size()
             torch.distributed.all_gather_object(
@@ -434,64 +484,99 @@ class TranslationWithCleanSetTask(TranslationTask):
             entries = [entry for rank_entries in gathered for entry in rank_entries]
         for ids, alignment, masked in entries:
             self.record.update(ids, alignment, masked, update_num)
+        self._next_update = update_num + 1
+        self._watch_all_masked([masked for _, _, masked in entries], update_num)
+
+    def _watch_all_masked(self, masked: List[np.ndarray], update_num: int) -> None:
+        if not masked:
+            return
+        everything = all(bool((m >= 1).all()) for m in masked)
+        self._all_masked_run = self._all_masked_run + 1 if everything else 0
+        if self._all_masked_run == ALL_MASKED_WARNING:
+            logger.warning(
+                "gglm: every training example was masked in %d consecutive masked updates "
+                "(up to update %d): nothing is trained on there; check that the clean set "
+                "matches the training data (language direction, preprocessing) or lower "
+                "--gglm-threshold",
+                ALL_MASKED_WARNING, update_num,
+            )  # fmt: skip
+
+    # --- GGLM's state, inside fairseq's checkpoints ---------------------------------------
+    def state_dict(self) -> Dict[str, Any]:
+        """fairseq writes this into every checkpoint (crash.pt included) as ``task_state``,
+        so the record and the estimator always belong to the checkpoint that holds them."""
+        state = super().state_dict()
+        if self._gglm:
+            state[STATE_KEY] = {
+                "next_update": self._next_update,
+                "record": self.record.state_dict(),
+                "clean_gradient": self.estimator.state_dict(),
+            }
+            path = self.record_path()
+            if path is not None and len(self.record) > 0:
+                self.record.save(path)  # an export for gglm-report; resume reads the checkpoint
+        return state
+
+    def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
+        """Inference (fairseq's load_model_ensemble_and_task) hands task_state back here."""
+        state = dict(state_dict)
+        gglm = state.pop(STATE_KEY, None)
+        super().load_state_dict(state)
+        if gglm is not None:
+            self.record = ExampleRecord.from_state_dict(gglm["record"])
 
     def record_path(self) -> Optional[str]:
         directory = self.cfg.gglm_record_dir
         return os.path.join(directory, RECORD_FILE) if directory else None
 
-    def _restore_record(self, update_num: int) -> None:
-        self._record_checked = True
-        path = self.record_path()
+    def resume_path(self) -> Optional[str]:
+        """The checkpoint fairseq-train resumes from (its checkpoint_utils.load_checkpoint)."""
+        restore = self.cfg.restore_file or "checkpoint_last.pt"
+        if restore == "checkpoint_last.pt":
+            if not self.cfg.gglm_record_dir:
+                return None
+            return os.path.join(self.cfg.gglm_record_dir, "checkpoint_last.pt")
+        return restore
+
+    def _resume(self, update_num: int, model: torch.nn.Module) -> None:
+        """At the first update: GGLM's state from the checkpoint fairseq resumed from."""
+        self._resumed = True
+        self._next_update = update_num
+        path = self.resume_path()
         if update_num == 0 or path is None or not os.path.exists(path):
+            if update_num > 0:
+                logger.warning("gglm: resuming at update %d without %s: the record and the "
+                               "clean-gradient average start again", update_num, path)  # fmt: skip
             return
-        self.record = ExampleRecord.load(path)
-        if self.record.update_num != update_num - 1:
-            logger.warning(
-                "gglm: %s was written after update %d but training resumes at update %d",
-                path,
-                self.record.update_num + 1,
-                update_num,
+        gglm = load_task_state(path).get(STATE_KEY)
+        if gglm is None:
+            logger.info("gglm: %s holds no GGLM state (a plain checkpoint): the record and "
+                        "the clean-gradient average start here", path)  # fmt: skip
+            return
+        if int(gglm["next_update"]) != update_num:
+            raise GGLMUserError(
+                f"{path} holds GGLM state for update {int(gglm['next_update'])} but fairseq "
+                f"resumed at update {update_num}: pass the checkpoint you resume from with "
+                f"--restore-file"
             )
-        logger.info("gglm: restored the per-example record from %s", path)
+        self.record = ExampleRecord.from_state_dict(gglm["record"])
+        self.estimator.load_state_dict(
+            gglm["clean_gradient"], trainable_parameters(_unwrapped(model))
+        )
+        logger.info("gglm: restored the record and the clean-gradient state of update %d "
+                    "from %s", update_num, path)  # fmt: skip
 
-    def _clean_average_path(self, criterion) -> Optional[str]:
-        directory = self.cfg.gglm_record_dir
-        if not directory or criterion is None or criterion.cfg.gglm_clean_grad_ema <= 0:
-            return None
-        return os.path.join(directory, CLEAN_AVERAGE_FILE)
 
-    def _restore_clean_average(self, update_num: int, criterion, model) -> None:
-        path = self._clean_average_path(criterion)
-        if update_num == 0 or path is None:
-            return
-        if not os.path.exists(path):
-            logger.warning("gglm: no %s to resume from: the clean-gradient average starts "
-                           "again", path)  # fmt: skip
-            return
-        saved = torch.load(path, map_location="cpu", weights_only=True)
-        params = trainable_parameters(_unwrapped(model))
-        average = saved["average"]
-        if [tuple(a.shape) for a in average] != [tuple(p.shape) for p in params]:
-            logger.warning("gglm: %s does not fit this model: the clean-gradient average "
-                           "starts again", path)  # fmt: skip
-            return
-        self._clean_average = [a.to(p.device) for a, p in zip(average, params)]
-        self._clean_average_update = saved["update_num"]
-        logger.info("gglm: restored the clean-gradient average of update %d from %s",
-                    saved["update_num"], path)  # fmt: skip
+def _starts_update(model: torch.nn.Module) -> bool:
+    """No gradient yet: the first micro-batch of a try at an update (fairseq's zero_grad
+    sets them to None)."""
+    return all(p.grad is None for p in model.parameters() if p.requires_grad)
 
-    def state_dict(self) -> Dict[str, Any]:
-        # fairseq asks for the task state when it writes a checkpoint (on the saving rank
-        # only): the record and the clean-gradient average go next to the checkpoints at the
-        # same moment.
-        path = self.record_path()
-        if path is not None and len(self.record) > 0:
-            self.record.save(path)
-        average_path = self._clean_average_path(self._criterion)
-        if average_path is not None and self._clean_average is not None:
-            state = {
-                "update_num": self._clean_average_update,
-                "average": [a.detach().cpu() for a in self._clean_average],
-            }
-            write_atomically(average_path, lambda f: torch.save(state, f))
-        return super().state_dict()
+
+def load_task_state(path: str) -> Dict[str, Any]:
+    """The task_state of a fairseq checkpoint, memory-mapped (the model is not read in)."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as error:  # a truncated or foreign file: say which and why
+        raise GGLMUserError(f"cannot read the checkpoint {path} ({error})") from None
+    return state.get("task_state") or {}

@@ -27,6 +27,7 @@ from gglm_fairseq.criterions.gradient_masked_cross_entropy import (
     GradientMaskedCrossEntropyCriterion,
 )
 from gglm_fairseq.noise import CLEAN
+from gglm_fairseq.record import ExampleRecord
 
 
 @dataclass
@@ -59,7 +60,9 @@ class ControlMaskedCrossEntropy(GradientMaskedCrossEntropyCriterion):
         elif not 0.0 <= cfg.mask_random_rate <= 1.0:
             raise ValueError("--mask-random-rate must be in [0, 1]")
 
-    def unit_mask(self, scores: Tensor, sample: Dict[str, Any]) -> Tensor:
+    def unit_mask(
+        self, scores: Tensor, sample: Dict[str, Any], record: Optional[ExampleRecord] = None
+    ) -> Tensor:
         if self.noisy is not None:
             ids = sample["id"].cpu()
             if int(ids.max()) >= len(self.noisy):

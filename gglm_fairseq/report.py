@@ -1,7 +1,8 @@
 """Report on what GGLM masked: ranked examples, a filtered corpus, plots and detection AUCs.
 
-Reads the per-example record written by training (``gglm_record.npz``) and the raw training
-corpus (example id i is line i of the files given to fairseq-preprocess). Writes into ``--out``:
+Reads the per-example record written by training (``gglm_record.npz``, memory-mapped) and the
+raw training corpus (example id i is line i of the files given to fairseq-preprocess). Writes into
+``--out``:
 
 - ``ranked.tsv``: every pair with its mask statistics, most often masked first;
 - ``filtered.<src ext>``, ``filtered.<tgt ext>``: the pairs whose mask rate is below
@@ -30,6 +31,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from sklearn.metrics import roc_auc_score
 
+from gglm_fairseq.errors import GGLMUserError
 from gglm_fairseq.noise import read_lines, write_lines
 from gglm_fairseq.record import RECORD_FILE, ExampleRecord, fit_to
 
@@ -44,7 +46,7 @@ RANKED_COLUMNS = (
 )
 
 
-class ReportError(Exception):
+class ReportError(GGLMUserError):
     """A problem with the inputs, reported as one line."""
 
 
@@ -226,10 +228,7 @@ def _load_inputs(args: argparse.Namespace) -> Tuple[_Stats, List[str], List[str]
         record_path = os.path.join(record_path, RECORD_FILE)
     if not os.path.isfile(record_path):
         raise ReportError(f"record not found: {record_path}")
-    try:
-        record = ExampleRecord.load(record_path)
-    except (OSError, ValueError) as error:
-        raise ReportError(f"cannot read the record {record_path}: {error}") from error
+    record = ExampleRecord.load(record_path, mmap=True)
     source, target = read_lines(args.src), read_lines(args.tgt)
     if len(source) != len(target):
         raise ReportError(f"{args.src} has {len(source)} lines but {args.tgt} has {len(target)}")
@@ -278,7 +277,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.getLogger("matplotlib").setLevel(logging.WARNING)
     try:
         return _report(args)
-    except (OSError, ReportError) as error:
+    except (OSError, GGLMUserError) as error:
         print(f"gglm-report: error: {error}", file=sys.stderr)
         return 1
 

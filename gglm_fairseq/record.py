@@ -28,6 +28,9 @@ instead of reading 2.4 GB. It is written to a temporary file and renamed, so a r
 the old file or the new one. A mapped load does not check the members' CRCs (that would read
 everything); a copying load does. ``load`` also reads the ``np.savez`` files of earlier
 versions (64-bit arrays, converted on load).
+
+``gather_decisions`` collects an update's decisions from every data-parallel rank with two
+``all_gather`` calls of fixed-size tensors, without pickling.
 """
 
 from __future__ import annotations
@@ -39,10 +42,11 @@ import struct
 import tempfile
 import zipfile
 import zlib
-from typing import Any, BinaryIO, Callable, Dict
+from typing import Any, BinaryIO, Callable, Dict, Optional, Tuple
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from numpy.typing import ArrayLike
 
 from gglm_fairseq.errors import GGLMUserError
@@ -321,3 +325,67 @@ class ExampleRecord:
         record._history_rows = len(history)
         return record
 
+
+# --- gathering the ranks' decisions -----------------------------------------------------------
+def pack_decisions(
+    ids: torch.Tensor, alignment: torch.Tensor, masked: torch.Tensor, length: int
+) -> torch.Tensor:
+    """(3, length) int64: ids, then alignment and masked as their float64 bits (so nothing
+    is rounded), zero-padded from n = ids.numel() to ``length``."""
+    packed = torch.zeros(3, length, dtype=torch.int64)
+    n = ids.numel()
+    packed[0, :n] = ids.reshape(-1)
+    packed[1, :n] = alignment.reshape(-1).to(torch.float64).view(torch.int64)
+    packed[2, :n] = masked.reshape(-1).to(torch.float64).view(torch.int64)
+    return packed
+
+
+def unpack_decisions(
+    gathered: torch.Tensor,
+    sizes: Tuple[int, ...],
+    alignment_dtype: torch.dtype,
+    masked_dtype: torch.dtype,
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """gathered (ranks, 3, length) of pack_decisions, sizes (ranks,) of their n: ids (N,),
+    alignment (N,) and masked (N,), rank after rank, N = sum(sizes). Each its own copy (views
+    of one buffer as two dtypes could not be torch.save'd together)."""
+    rows = torch.cat([gathered[rank, :, :n] for rank, n in enumerate(sizes)], dim=1)
+    alignment = rows[1].view(torch.float64).to(alignment_dtype, copy=True)
+    masked = rows[2].view(torch.float64).to(masked_dtype, copy=True)
+    return rows[0].clone(), alignment, masked
+
+
+def _collective_device(group: Optional[Any]) -> torch.device:
+    # NCCL gathers CUDA tensors only; gloo gathers CPU tensors.
+    if dist.get_backend(group) == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def gather_decisions(
+    ids: torch.Tensor, alignment: torch.Tensor, masked: torch.Tensor, group: Optional[Any] = None
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Every rank's decisions of one update, on every rank, concatenated in rank order.
+
+    ids (n,) int64, alignment (n,) and masked (n,) floating, n may differ between ranks (and
+    be 0); returns (N,) each, N the sum of the ranks' n, in the inputs' dtypes and device.
+    ``group``: a torch.distributed group (None: the default one). Without an initialised
+    torch.distributed, or in a one-rank group, the inputs come back as they are.
+    """
+    if not (dist.is_available() and dist.is_initialized()):
+        return ids, alignment, masked
+    ranks = dist.get_world_size(group)
+    if ranks == 1:
+        return ids, alignment, masked
+    device = _collective_device(group)
+    size = torch.tensor([ids.numel()], dtype=torch.int64, device=device)
+    sizes_gathered = [torch.empty_like(size) for _ in range(ranks)]
+    dist.all_gather(sizes_gathered, size, group=group)
+    sizes = tuple(int(s) for s in torch.cat(sizes_gathered).tolist())
+    if max(sizes) == 0:  # every rank knows it: all return without a second collective
+        return ids, alignment, masked
+    packed = pack_decisions(ids, alignment, masked, max(sizes)).to(device)
+    gathered = [torch.empty_like(packed) for _ in range(ranks)]
+    dist.all_gather(gathered, packed, group=group)
+    result = unpack_decisions(torch.stack(gathered).cpu(), sizes, alignment.dtype, masked.dtype)
+    return tuple(t.to(ids.device) for t in result)

@@ -1,15 +1,18 @@
 """The per-example record: compact arrays, checkpoint state, the mappable export, earlier
-versions' files and atomic saves."""
+versions' files, atomic saves, and the gather of every rank's decisions (two gloo ranks)."""
 
 import os
+import socket
 
 import numpy as np
 import pytest
 import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
 
 import gglm_fairseq.record as record_module
 from gglm_fairseq.errors import GGLMUserError
-from gglm_fairseq.record import RECORD_FILE, ExampleRecord
+from gglm_fairseq.record import RECORD_FILE, ExampleRecord, gather_decisions
 
 UPDATES = [
     (1, [0, 3, 5], [1.5, -2.0, 0.25], [1.0, 0.0, 0.5]),
@@ -148,3 +151,66 @@ def test_a_failed_save_leaves_the_old_file(tmp_path, monkeypatch):
     assert path.read_bytes() == before
     assert os.listdir(tmp_path) == [RECORD_FILE]  # no temporary file left behind
 
+
+# --- gather_decisions on two gloo ranks -------------------------------------------------------
+# Per case: each rank's (ids, alignments (float32), masked (float64)).
+GATHER_CASES = [
+    ([[4, 1, 7], []], [[0.1, -2.5, 3.0], []], [[1.0, 0.0, 0.5], []]),
+    ([[2, 3], [9, 8, 5, 6]], [[0.3, 0.7], [-0.1, 1e-30, 2.0, 5.5]], [[0, 1], [1, 1, 0.2, 0]]),
+    ([[], []], [[], []], [[], []]),
+]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def gather_on_rank(rank: int, port: int, out: str) -> None:
+    dist.init_process_group(
+        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2
+    )
+    results = []
+    for ids, alignments, masked in GATHER_CASES:
+        results.append(gather_decisions(
+            torch.tensor(ids[rank], dtype=torch.int64),
+            torch.tensor(alignments[rank], dtype=torch.float32),
+            torch.tensor(masked[rank], dtype=torch.float64),
+            group=dist.new_group([0, 1]),
+        ))  # fmt: skip
+    torch.save(results, os.path.join(out, f"rank{rank}.pt"))
+    dist.destroy_process_group()
+
+
+def test_gather_decisions_on_two_gloo_ranks(tmp_path):
+    mp.spawn(gather_on_rank, args=(free_port(), str(tmp_path)), nprocs=2, join=True)
+    for rank in (0, 1):
+        results = torch.load(tmp_path / f"rank{rank}.pt", weights_only=True)
+        for (ids, alignment, masked), (want_ids, want_alignments, want_masked) in zip(
+            results, GATHER_CASES
+        ):
+            assert ids.dtype == torch.int64 and ids.tolist() == want_ids[0] + want_ids[1]
+            assert alignment.dtype == torch.float32 and masked.dtype == torch.float64
+            want = torch.tensor(want_alignments[0] + want_alignments[1], dtype=torch.float32)
+            assert torch.equal(alignment, want)  # bit for bit, rank 0's first
+            assert masked.tolist() == want_masked[0] + want_masked[1]
+
+
+def test_gather_decisions_in_one_process_returns_its_input():
+    ids, alignment, masked = torch.tensor([3, 1]), torch.tensor([0.5, -1.0]), torch.ones(2)
+    gathered = gather_decisions(ids, alignment, masked, group=None)
+    assert all(a is b for a, b in zip(gathered, (ids, alignment, masked)))
+
+
+def test_pack_and_unpack_keep_every_bit():
+    ids = torch.tensor([5, 2**40])
+    alignment = torch.tensor([0.1, -1e-300], dtype=torch.float64)
+    masked = torch.tensor([0.5, 1.0], dtype=torch.float64)
+    packed = record_module.pack_decisions(ids, alignment, masked, 3)
+    assert packed.shape == (3, 3) and packed[:, 2].tolist() == [0, 0, 0]
+    gathered = torch.stack([packed, record_module.pack_decisions(ids[:0], alignment[:0],
+                                                                 masked[:0], 3)])  # fmt: skip
+    got = record_module.unpack_decisions(gathered, (2, 0), torch.float64, torch.float64)
+    for a, b in zip(got, (ids, alignment, masked)):
+        assert torch.equal(a, b)

@@ -25,9 +25,9 @@ The export is a ``.npz`` that ``np.load`` reads as usual (one ``.npy`` member pe
 ``update_num`` and ``history``), written uncompressed with each member's data starting at a
 multiple of 64 bytes of the file, so ``load(path, mmap=True)`` maps the arrays in place
 instead of reading 2.4 GB. It is written to a temporary file and renamed, so a reader sees
-the old file or the new one. A mapped load does not check the members' CRCs (that would read
-everything); a copying load does. ``load`` also reads the ``np.savez`` files of earlier
-versions (64-bit arrays, converted on load).
+the old file or the new one. A copying load checks each member's CRC; a mapped one reads no
+array data, so a flipped byte in a large array goes unnoticed there. ``load`` also reads the
+``np.savez`` files of earlier versions (64-bit arrays, converted on load).
 
 ``gather_decisions`` collects an update's decisions from every data-parallel rank with two
 ``all_gather`` calls of fixed-size tensors, without pickling.
@@ -64,7 +64,7 @@ _PADDING_FIELD = 0xD935  # zip extra-field id for alignment padding (as Android'
 _CHUNK = 1 << 24  # bytes read at a time by a copying load
 # What zipfile and numpy raise on a damaged or foreign file (RuntimeError: "encrypted").
 _UNREADABLE = (
-    EOFError, ValueError, TypeError, RuntimeError, NotImplementedError, OverflowError,
+    OSError, EOFError, ValueError, TypeError, RuntimeError, NotImplementedError, OverflowError,
     struct.error, zipfile.BadZipFile, zlib.error,
 )  # fmt: skip
 
@@ -163,8 +163,8 @@ def _read_member(
     return np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=shape)
 
 
-def _read_export(path: str, mmap: bool) -> Dict[str, np.ndarray]:
-    with open(path, "rb") as f, zipfile.ZipFile(f) as archive:
+def _read_export(path: str, f: BinaryIO, mmap: bool) -> Dict[str, np.ndarray]:
+    with zipfile.ZipFile(f) as archive:
         return {
             info.filename[: -len(".npy")]: _read_member(path, f, archive, info, mmap)
             for info in archive.infolist()
@@ -292,11 +292,14 @@ class ExampleRecord:
         read-only instead of reading them (for reports; such a record cannot be updated).
         A damaged or foreign file raises GGLMUserError."""
         try:
-            arrays = _read_export(path, mmap)
+            f = open(path, "rb")
         except OSError as error:  # missing, a folder, unreadable: not a question of format
             raise GGLMUserError(f"cannot read the record {path}: {error}") from error
-        except _UNREADABLE as error:
-            raise GGLMUserError(f"{path}: not a GGLM record ({error})") from error
+        with f:
+            try:
+                arrays = _read_export(path, f, mmap)
+            except _UNREADABLE as error:  # OSError too: a seek to a corrupted offset
+                raise GGLMUserError(f"{path}: not a GGLM record ({error})") from error
         return cls._from_arrays(arrays, path)
 
     @classmethod

@@ -21,6 +21,10 @@ Command line::
 
     python -m gglm_fairseq.noise --src train.en --tgt train.de --third train.fr \\
         --fraction 0.4 --seed 1 --out-tgt noisy.de --out-labels noisy.labels
+
+A bad input (not UTF-8, mismatched line counts, a bad option) is a GGLMUserError: one line on
+stderr, exit 1, and neither output is written (each is replaced atomically, after every input
+has been read and checked).
 """
 
 from __future__ import annotations
@@ -28,9 +32,12 @@ from __future__ import annotations
 import argparse
 import collections
 import sys
-from typing import List, Sequence, Tuple
+from typing import Iterable, List, Sequence, Tuple
 
 import numpy as np
+
+from gglm_fairseq.errors import GGLMUserError
+from gglm_fairseq.record import write_atomically
 
 NOISE_TYPES = ("misaligned", "untranslated", "wrong_language", "truncated", "shuffled")
 CLEAN = "clean"
@@ -45,27 +52,29 @@ def read_lines(path: str) -> List[str]:
     Opened like fairseq-preprocess opens its input (universal newlines), so line i here is
     example id i in the binarised data.
     """
-    with open(path, encoding="utf-8") as f:
-        return [line.rstrip("\n") for line in f]
+    try:
+        with open(path, encoding="utf-8") as f:
+            return [line.rstrip("\n") for line in f]
+    except UnicodeDecodeError as error:
+        raise GGLMUserError(f"{path} is not UTF-8 text ({error.reason})") from error
 
 
-def write_lines(path: str, lines: Sequence[str]) -> None:
-    """Write one line per item, each ending in a newline."""
-    with open(path, "w", encoding="utf-8") as f:
-        f.writelines(line + "\n" for line in lines)
+def write_lines(path: str, lines: Iterable[str]) -> None:
+    """Write one line per item, each ending in a newline; atomically (old file or new)."""
+    write_atomically(path, lambda f: f.writelines((line + "\n").encode("utf-8") for line in lines))
 
 
 def _check_types(types: Sequence[str], third_language: Sequence[str] | None) -> Tuple[str, ...]:
     types = (types,) if isinstance(types, str) else tuple(types)
     if not types:
-        raise ValueError("no noise types given")
+        raise GGLMUserError("no noise types given")
     unknown = [t for t in types if t not in NOISE_TYPES]
     if unknown:
-        raise ValueError(f"unknown noise type(s) {unknown}; choose from {list(NOISE_TYPES)}")
+        raise GGLMUserError(f"unknown noise type(s) {unknown}; choose from {list(NOISE_TYPES)}")
     if len(set(types)) != len(types):
-        raise ValueError(f"noise types repeated: {list(types)}")
+        raise GGLMUserError(f"noise types repeated: {list(types)}")
     if "wrong_language" in types and third_language is None:
-        raise ValueError(
+        raise GGLMUserError(
             "noise type 'wrong_language' needs third_language (a third-language side of the "
             "corpus); pass one or leave the type out"
         )
@@ -75,7 +84,7 @@ def _check_types(types: Sequence[str], third_language: Sequence[str] | None) -> 
 def _misaligned(i: int, target: Sequence[str], rng: np.random.Generator) -> str:
     n = len(target)
     if n < 2:
-        raise ValueError("noise type 'misaligned' needs at least 2 sentence pairs")
+        raise GGLMUserError("noise type 'misaligned' needs at least 2 sentence pairs")
     for _ in range(_MISALIGN_TRIES):
         j = int(rng.integers(n - 1))
         j += j >= i  # uniform over the other pairs
@@ -121,11 +130,11 @@ def corrupt(
     """
     n = len(source)
     if len(target) != n:
-        raise ValueError(f"source has {n} lines but target has {len(target)}")
+        raise GGLMUserError(f"source has {n} lines but target has {len(target)}")
     if third_language is not None and len(third_language) != n:
-        raise ValueError(f"source has {n} lines but third_language has {len(third_language)}")
+        raise GGLMUserError(f"source has {n} lines but third_language has {len(third_language)}")
     if not 0.0 <= fraction <= 1.0:  # also rejects NaN
-        raise ValueError(f"fraction must be in [0, 1], got {fraction}")
+        raise GGLMUserError(f"fraction must be in [0, 1], got {fraction}")
     types = _check_types(types, third_language)
 
     rng = np.random.default_rng(seed)
@@ -185,7 +194,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         new_target, labels = corrupt(source, target, args.fraction, args.seed, third, types)
         write_lines(args.out_tgt, new_target)
         write_lines(args.out_labels, labels)
-    except (OSError, ValueError) as error:
+    except (OSError, GGLMUserError) as error:
         print(f"gglm-noise: error: {error}", file=sys.stderr)
         return 1
     counts = collections.Counter(labels)

@@ -1,7 +1,9 @@
 """Report on what GGLM masked: ranked examples, a filtered corpus, plots and detection AUCs.
 
-Reads the per-example record written by training (``gglm_record.npz``) and the raw training
-corpus (example id i is line i of the files given to fairseq-preprocess). Writes into ``--out``:
+Reads the per-example record written by training (``gglm_record.npz``, memory-mapped) and the
+raw training corpus (example id i is line i of the files given to fairseq-preprocess). Every
+input is checked before anything is written, and each output file is replaced atomically, so a
+failing run (one line on stderr, exit 1) leaves ``--out`` as it was. Writes into ``--out``:
 
 - ``ranked.tsv``: every pair with its mask statistics, most often masked first;
 - ``filtered.<src ext>``, ``filtered.<tgt ext>``: the pairs whose mask rate is below
@@ -23,15 +25,21 @@ import logging
 import math
 import os
 import sys
-from typing import Collection, Dict, List, NamedTuple, Sequence, Tuple
+from typing import Collection, Dict, Iterator, List, NamedTuple, Sequence, Tuple
 
 import numpy as np
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
-from sklearn.metrics import roc_auc_score
 
-from gglm_fairseq.noise import read_lines, write_lines
-from gglm_fairseq.record import RECORD_FILE, ExampleRecord, fit_to
+# Importing fairseq (via the package) sets the root logger to DEBUG, and matplotlib logs its
+# set-up as it is imported: on stderr, above a one-line error. Keep it to warnings, first.
+logging.getLogger("matplotlib").setLevel(logging.WARNING)
+
+from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+from sklearn.metrics import roc_auc_score  # noqa: E402
+
+from gglm_fairseq.errors import GGLMUserError  # noqa: E402
+from gglm_fairseq.noise import read_lines, write_lines  # noqa: E402
+from gglm_fairseq.record import RECORD_FILE, ExampleRecord, fit_to, write_atomically  # noqa: E402
 
 OVERALL = "all"
 RANKED_COLUMNS = (
@@ -44,7 +52,7 @@ RANKED_COLUMNS = (
 )
 
 
-class ReportError(Exception):
+class ReportError(GGLMUserError):
     """A problem with the inputs, reported as one line."""
 
 
@@ -136,29 +144,28 @@ def _ranking(stats: _Stats) -> np.ndarray:
     )
 
 
-def _write_ranked(
-    path: str,
+def _ranked_lines(
     stats: _Stats,
     source: List[str],
     target: List[str],
     labels: List[str] | None,
-) -> None:
+) -> Iterator[str]:
+    """ranked.tsv, line by line: the header, then one pair per line in ranking order."""
     header = list(RANKED_COLUMNS) + (["label"] if labels is not None else []) + ["source", "target"]
-    with open(path, "w", encoding="utf-8") as f:
-        f.write("\t".join(header) + "\n")
-        for i in _ranking(stats).tolist():
-            fields = [
-                str(i),
-                _fmt(stats.mask_rate[i]),
-                str(int(stats.seen[i])),
-                _fmt(stats.masked[i]),
-                _fmt(stats.alignment_mean[i]),
-                _fmt(stats.alignment_last[i]),
-            ]
-            if labels is not None:
-                fields.append(_tsv_field(labels[i]))
-            fields += [_tsv_field(source[i]), _tsv_field(target[i])]
-            f.write("\t".join(fields) + "\n")
+    yield "\t".join(header)
+    for i in _ranking(stats).tolist():
+        fields = [
+            str(i),
+            _fmt(stats.mask_rate[i]),
+            str(int(stats.seen[i])),
+            _fmt(stats.masked[i]),
+            _fmt(stats.alignment_mean[i]),
+            _fmt(stats.alignment_last[i]),
+        ]
+        if labels is not None:
+            fields.append(_tsv_field(labels[i]))
+        fields += [_tsv_field(source[i]), _tsv_field(target[i])]
+        yield "\t".join(fields)
 
 
 def _filtered_paths(out: str, src: str, tgt: str) -> Tuple[str, str]:
@@ -171,7 +178,7 @@ def _filtered_paths(out: str, src: str, tgt: str) -> Tuple[str, str]:
 def _save(figure: Figure, path: str) -> None:
     FigureCanvasAgg(figure)
     figure.tight_layout()
-    figure.savefig(path, dpi=100)
+    write_atomically(path, lambda f: figure.savefig(f, format="png", dpi=100))
 
 
 def _plot_history(path: str, history: np.ndarray) -> None:
@@ -226,10 +233,7 @@ def _load_inputs(args: argparse.Namespace) -> Tuple[_Stats, List[str], List[str]
         record_path = os.path.join(record_path, RECORD_FILE)
     if not os.path.isfile(record_path):
         raise ReportError(f"record not found: {record_path}")
-    try:
-        record = ExampleRecord.load(record_path)
-    except (OSError, ValueError) as error:
-        raise ReportError(f"cannot read the record {record_path}: {error}") from error
+    record = ExampleRecord.load(record_path, mmap=True)
     source, target = read_lines(args.src), read_lines(args.tgt)
     if len(source) != len(target):
         raise ReportError(f"{args.src} has {len(source)} lines but {args.tgt} has {len(target)}")
@@ -274,11 +278,9 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Console entry point (``gglm-report``); returns the exit status."""
     args = _parser().parse_args(argv)
-    # Importing fairseq (via the package) sets the root logger to DEBUG; keep matplotlib quiet.
-    logging.getLogger("matplotlib").setLevel(logging.WARNING)
     try:
         return _report(args)
-    except (OSError, ReportError) as error:
+    except (OSError, GGLMUserError) as error:
         print(f"gglm-report: error: {error}", file=sys.stderr)
         return 1
 
@@ -293,10 +295,16 @@ def _report(args: argparse.Namespace) -> int:
                 f"{args.labels} has {len(labels)} lines but the corpus has {len(source)}"
             )
     clean_labels = {x.strip() for x in args.clean_labels.split(",") if x.strip()}
-    os.makedirs(args.out, exist_ok=True)
     mask_rate = stats.mask_rate
+    rows = []
+    if labels is not None:
+        try:
+            rows = _auc_rows(mask_rate, labels, clean_labels)
+        except ValueError as error:
+            raise ReportError(str(error)) from error
+    os.makedirs(args.out, exist_ok=True)
 
-    _write_ranked(os.path.join(args.out, "ranked.tsv"), stats, source, target, labels)
+    write_lines(os.path.join(args.out, "ranked.tsv"), _ranked_lines(stats, source, target, labels))
 
     keep = np.isnan(mask_rate) | (mask_rate < args.max_mask_rate)
     kept = np.flatnonzero(keep).tolist()
@@ -315,14 +323,9 @@ def _report(args: argparse.Namespace) -> int:
         _plot_by_label(
             os.path.join(args.out, "mask_rate_by_label.png"), mask_rate, labels, clean_labels
         )
-        try:
-            rows = _auc_rows(mask_rate, labels, clean_labels)
-        except ValueError as error:
-            raise ReportError(str(error)) from error
-        with open(os.path.join(args.out, "auc.tsv"), "w", encoding="utf-8") as f:
-            f.write("comparison\tn_noisy\tn_clean\tauc\n")
-            for name, n_noisy, n_clean, auc in rows:
-                f.write(f"{_tsv_field(name)}\t{n_noisy}\t{n_clean}\t{auc:.6f}\n")
+        auc_lines = ["comparison\tn_noisy\tn_clean\tauc"]
+        auc_lines += [f"{_tsv_field(name)}\t{n}\t{c}\t{auc:.6f}" for name, n, c, auc in rows]
+        write_lines(os.path.join(args.out, "auc.tsv"), auc_lines)
         if not rows:
             print(
                 f"ROC-AUC: not defined (needs seen pairs labelled {sorted(clean_labels)} "

@@ -78,6 +78,7 @@ from gglm_fairseq.criterions import (
 from gglm_fairseq.tasks import TranslationWithCleanSetConfig, TranslationWithCleanSetTask
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import bench_record  # noqa: E402  (beside this script)
 import bench_train  # noqa: E402  (beside this script)
 
 LABEL_SMOOTHING = 0.1
@@ -979,6 +980,10 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         *clean_pass,
     ]
     text = "\n".join(report)
+    if os.path.exists(args.out):  # the section scripts/bench_record.py wrote stays
+        with open(args.out, encoding="utf-8") as old:
+            kept = bench_record.section_in(old.read())
+        text = bench_record.with_section(text, kept) if kept else text
     print(text)
     if os.path.dirname(args.out):
         os.makedirs(os.path.dirname(args.out), exist_ok=True)

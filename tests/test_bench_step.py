@@ -21,6 +21,8 @@ def load_script():
 
 def test_quick_run_reports_every_method(tmp_path):
     out = tmp_path / "benchmarks.md"
+    record_section = "## Per-example record at corpus scale\n\nmeasured elsewhere\n"
+    out.write_text("# an older page\n\n" + record_section)
     start = time.perf_counter()
     run = subprocess.run(
         [sys.executable, str(SCRIPT), "--quick", "--out", str(out)],
@@ -35,6 +37,7 @@ def test_quick_run_reports_every_method(tmp_path):
 
     text = out.read_text()
     assert text.strip() in run.stdout  # the report is printed as well as written
+    assert "an older page" not in text and text.endswith("\n\n" + record_section)
     table = text.split("## Time and peak memory per update")[1].split("## Targets")[0]
     rows = [line for line in table.splitlines() if line.startswith("| tiny |")]
     batch_sizes = 2  # --quick: 4 and 8 sentences

@@ -264,7 +264,7 @@ def score(hypotheses: Sequence[str], references: Sequence[str]) -> Dict[str, obj
 def record_scores(save_dir: Path, size: int) -> Dict[str, np.ndarray]:
     """Per training example: GGLM mask rate, mean alignment and the alignment of its last
     visit, the latest in training (NaN where never seen)."""
-    record = ExampleRecord.load(str(save_dir / RECORD_FILE))
+    record = ExampleRecord.load(str(save_dir / RECORD_FILE), mmap=True)
     rate = fit_to(record.mask_rate(), size)
     return {
         "mask_rate": rate,

@@ -263,22 +263,6 @@ class ExampleRecord:
         with np.errstate(invalid="ignore", divide="ignore"):
             return np.where(self.seen > 0, self.alignment_sum / np.maximum(self.seen, 1), np.nan)
 
-    def state_dict(self) -> Dict[str, object]:
-        """Tensors and numbers only (loads under torch.load(weights_only=True))."""
-        state: Dict[str, object] = {n: torch.from_numpy(a.copy()) for n, a in self.arrays.items()}
-        state["update_num"] = int(self.update_num)
-        state["history"] = torch.from_numpy(self.history.copy())
-        return state
-
-    @classmethod
-    def from_state_dict(cls, state: Dict[str, object]) -> ExampleRecord:
-        record = cls()
-        record.arrays = {n: state[n].numpy().astype(dtype) for n, dtype in _FIELDS.items()}
-        record.update_num = int(state["update_num"])
-        record._history = state["history"].numpy().tolist()
-        return record
-
-    # --- checkpoint state and export ----------------------------------------------------------
     def state_dict(self) -> Dict[str, Any]:
         """For fairseq's checkpoint: the arrays as tensors (copies, so that the next update
         does not change a checkpoint being written), ``update_num`` and ``history`` (k, 3)."""

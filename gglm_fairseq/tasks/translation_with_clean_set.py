@@ -38,7 +38,7 @@ from gglm_fairseq.criterions.gradient_masked_cross_entropy import (
     GradientMaskedCrossEntropyCriterion,
 )
 from gglm_fairseq.errors import GGLMUserError
-from gglm_fairseq.record import RECORD_FILE, ExampleRecord
+from gglm_fairseq.record import RECORD_FILE, ExampleRecord, gather_decisions
 
 logger = logging.getLogger(__name__)
 
@@ -471,26 +471,24 @@ class TranslationWithCleanSetTask(TranslationTask):
 
     def _commit(self, decisions: List[Decisions], update_num: int) -> None:
         """Record update ``update_num``'s decisions, gathered from every data-parallel rank."""
-        entries = [
-            (d.ids.numpy() + self._shard_offset, d.alignment.double().numpy(),
-             d.masked.double().numpy())
-            for d in decisions
-        ]  # fmt: skip
+        ids = torch.cat([d.ids for d in decisions] or [torch.zeros(0, dtype=torch.long)])
+        alignment = torch.cat([d.alignment.double() for d in decisions] or [torch.zeros(0)])
+        masked = torch.cat([d.masked.double() for d in decisions] or [torch.zeros(0)])
         if self._world_size() > 1:
-            gathered: List[Any] = [None] * self._world_size()
-            torch.distributed.all_gather_object(
-                gathered, entries, group=distributed_utils.get_data_parallel_group()
-            )
-            entries = [entry for rank_entries in gathered for entry in rank_entries]
-        for ids, alignment, masked in entries:
-            self.record.update(ids, alignment, masked, update_num)
+            ids, alignment, masked = gather_decisions(
+                ids + self._shard_offset, alignment.double(), masked.double(),
+                group=distributed_utils.get_data_parallel_group(),
+            )  # fmt: skip
+        else:
+            ids = ids + self._shard_offset
+        self.record.update(ids.numpy(), alignment.numpy(), masked.numpy(), update_num)
         self._next_update = update_num + 1
-        self._watch_all_masked([masked for _, _, masked in entries], update_num)
+        self._watch_all_masked(masked.numpy(), update_num)
 
-    def _watch_all_masked(self, masked: List[np.ndarray], update_num: int) -> None:
-        if not masked:
+    def _watch_all_masked(self, masked: np.ndarray, update_num: int) -> None:
+        if masked.size == 0:
             return
-        everything = all(bool((m >= 1).all()) for m in masked)
+        everything = bool((masked >= 1).all())
         self._all_masked_run = self._all_masked_run + 1 if everything else 0
         if self._all_masked_run == ALL_MASKED_WARNING:
             logger.warning(

@@ -82,9 +82,10 @@ class GradientMaskedCrossEntropyConfig(LabelSmoothedCrossEntropyCriterionConfig)
         default="none",
         metadata={
             "help": "measure alignments in the optimiser's geometry: adam = <grad l_i, P "
-            "g_clean> with P = 1/(sqrt(v_hat)+eps) from Adam's state, the first-order "
-            "change of the clean loss under the Adam step (ours; the raw gradient until "
-            "Adam's first step); none = the raw <grad l_i, g_clean>"
+            "g_clean> with Adam's P, the first-order change of the clean loss under the "
+            "Adam step actually taken (fairseq's Adam: P = sqrt(1-beta2^t)/(sqrt(v)+eps); "
+            "zero for a parameter without Adam state) (ours; the raw gradient until Adam's "
+            "first step); none = the raw <grad l_i, g_clean>"
         },
     )
     gglm_parameters: str = field(

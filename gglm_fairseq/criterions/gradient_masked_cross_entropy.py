@@ -383,12 +383,14 @@ class GradientMaskedCrossEntropyCriterion(LabelSmoothedCrossEntropyCriterion):
             token_counts = target_mask.sum(dim=1)
             masked_fraction = 1.0 - (mask.sum(dim=1) / token_counts.clamp_min(1))
             values = alignment if alignment.dim() == 1 else alignment[target_mask]
+            # The tokens the loss sees: ntokens also counts the --ignore-prefix-size ones.
+            seen_tokens = utils.item(token_counts.sum())
             logging_output.update(
                 gglm_active=1,
                 gglm_sentences=nsentences,
                 gglm_sentences_masked=utils.item((mask.sum(dim=1) == 0).sum()),
-                gglm_tokens=ntokens,
-                gglm_tokens_masked=ntokens - utils.item(kept_tokens),
+                gglm_tokens=seen_tokens,
+                gglm_tokens_masked=seen_tokens - utils.item(kept_tokens),
                 gglm_clean_loss=clean.loss,
                 gglm_alignment_sum=utils.item(values.sum()),
                 gglm_alignment_count=values.numel(),

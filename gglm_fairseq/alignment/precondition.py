@@ -175,6 +175,7 @@ def _per_parameter(
             "trainable parameters one to one (sharded optimiser state is not supported)"
         )
     # fairseq's fp16/bf16 optimiser keeps one flat fp32 copy of all parameters.
-    flat = torch.cat([m.view(-1) for m, _ in moments])
+    flats = [m.view(-1) for m, _ in moments]
+    flat = flats[0] if len(flats) == 1 else torch.cat(flats)  # no copy of a single one
     (step,) = steps
     return [(chunk.view(p.shape), step) for chunk, p in zip(flat.split(sizes), params)]

@@ -169,6 +169,25 @@ def test_parameter_without_state_gets_a_zero_component():
     assert_step_direction(preconditioned[:2], change)
 
 
+def test_fused_adam_settings_fairseq_never_uses_are_refused():
+    """eps inside the square root, no bias correction, a state without a step count."""
+    params, adam, _, _ = stepped(OPTIMISERS["fairseq"])
+    fused = FusedAdamV1.__new__(FusedAdamV1)  # its constructor needs the CUDA extension
+    torch.optim.Optimizer.__init__(fused, params, dict(betas=(0.0, 0.9), eps=1e-3))
+    fused.state.update({p: dict(adam.optimizer.state[p]) for p in params})
+    fused.eps_mode = 0
+    with pytest.raises(GGLMUserError, match="eps_inside_sqrt"):
+        adam_second_moment(fused, params)
+    fused.eps_mode = 1
+    fused.param_groups[0]["bias_correction"] = False
+    with pytest.raises(GGLMUserError, match="bias correction"):
+        adam_second_moment(fused, params)
+    fused.param_groups[0]["bias_correction"] = True
+    del fused.state[params[0]]["step"]
+    with pytest.raises(GGLMUserError, match="no step count"):
+        adam_second_moment(fused, params)
+
+
 def test_no_second_moment_before_the_first_step_and_errors():
     param = torch.nn.Parameter(torch.randn(3))
     assert adam_second_moment(torch.optim.Adam([param]), [param]) is None

@@ -67,6 +67,16 @@ def test_all_masked_gives_zero_loss_and_no_nan(data_bin, tmp_path):
     criterion.reduce_metrics([log])  # must not divide by zero
 
 
+def test_ignored_prefix_tokens_are_not_counted_as_masked(data_bin, tmp_path):
+    """--ignore-prefix-size: ntokens counts the prefix, the loss (and its mask) does not."""
+    _, model, criterion, sample, clean = setup(
+        data_bin, tmp_path, "--ignore-prefix-size", "1", "--gglm-threshold=-1e9"
+    )
+    _, sample_size, log = masked_forward(criterion, model, sample, clean)
+    assert log["gglm_tokens_masked"] == 0 and log["gglm_sentences_masked"] == 0
+    assert log["gglm_tokens"] == sample_size == sample["ntokens"] - sample["nsentences"]
+
+
 def test_token_granularity_masks_tokens(data_bin, tmp_path):
     _, model, criterion, sample, clean = setup(
         data_bin, tmp_path, "--gglm-granularity", "token", "--dropout", "0"

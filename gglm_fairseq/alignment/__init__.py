@@ -32,7 +32,7 @@ from .ghost import (
 from .jvp import jvp_aligned_loss
 from .loop import loop_aligned_loss
 from .mask import SIMILARITIES, mask_from_scores, similarity
-from .precondition import adam_preconditioned
+from .precondition import AdamSecondMoment, adam_preconditioned, adam_second_moment
 from .vmap import vmap_aligned_loss
 
 ENGINES: Dict[str, Engine] = {
@@ -57,11 +57,13 @@ __all__ = [
     "ENGINES",
     "GRANULARITIES",
     "SIMILARITIES",
+    "AdamSecondMoment",
     "AlignedLoss",
     "Engine",
     "GhostUnsupportedError",
     "TokenLossFn",
     "adam_preconditioned",
+    "adam_second_moment",
     "get_engine",
     "ghost_aligned_loss",
     "ghost_problem",

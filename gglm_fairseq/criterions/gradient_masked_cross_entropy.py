@@ -359,12 +359,14 @@ class GradientMaskedCrossEntropyCriterion(LabelSmoothedCrossEntropyCriterion):
             finite_values = torch.isfinite(values)
             nonfinite = utils.item((~finite_values).sum())
             values = values[finite_values]
+            # The tokens the loss sees: ntokens also counts the --ignore-prefix-size ones.
+            seen_tokens = utils.item(token_counts.sum())
             logging_output.update(
                 gglm_active=1,
                 gglm_sentences=nsentences,
                 gglm_sentences_masked=utils.item((mask.sum(dim=1) == 0).sum()),
-                gglm_tokens=ntokens,
-                gglm_tokens_masked=ntokens - utils.item(kept_tokens),
+                gglm_tokens=seen_tokens,
+                gglm_tokens_masked=seen_tokens - utils.item(kept_tokens),
                 gglm_clean_loss=clean.loss,
                 gglm_alignment_sum=utils.item(values.sum()),
                 gglm_alignment_count=values.numel(),

@@ -10,7 +10,7 @@ import itertools
 import logging
 import os
 from dataclasses import dataclass, field
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterator, List, Optional
 
 import numpy as np
 import torch
@@ -27,7 +27,7 @@ from fairseq.tasks.translation import (
 )
 from omegaconf import II
 
-from gglm_fairseq.alignment import trainable_parameters
+from gglm_fairseq.alignment import adam_second_moment, trainable_parameters
 from gglm_fairseq.clean_gradient import (
     CleanGradient,
     CleanGradientEstimator,
@@ -98,9 +98,10 @@ class TranslationWithCleanSetConfig(TranslationConfig):
         default="none",
         metadata={
             "help": "measure alignments in the optimiser's geometry: adam = <grad l_i, P "
-            "g_clean> with P = 1/(sqrt(v_hat)+eps) from Adam's state, the first-order "
-            "change of the clean loss under the Adam step (ours; the raw gradient until "
-            "Adam's first step); none = the raw <grad l_i, g_clean>"
+            "g_clean> with Adam's P, the first-order change of the clean loss under the "
+            "Adam step actually taken (fairseq's Adam: P = sqrt(1-beta2^t)/(sqrt(v)+eps); "
+            "zero for a parameter without Adam state) (ours; the raw gradient until Adam's "
+            "first step); none = the raw <grad l_i, g_clean>"
         },
     )
     gglm_parameters: str = field(
@@ -172,39 +173,6 @@ def _quiet(logger: logging.Logger) -> Iterator[None]:
         yield
     finally:
         logger.setLevel(level)
-
-
-def adam_second_moment(
-    optimizer: Any, params: Sequence[torch.Tensor]
-) -> Optional[Tuple[List[torch.Tensor], float, float, float]]:
-    """Adam's exp_avg_sq shaped like ``params``, its step count, beta2 and eps, read from a
-    fairseq optimiser (plain, or fp16/bf16 with flat or per-parameter fp32 copies) or a torch
-    one; None before its first step. A clear error for an optimiser without them."""
-    inner = getattr(optimizer, "optimizer", optimizer)
-    groups = inner.param_groups
-    settings = {(tuple(g.get("betas", ())), g.get("eps")) for g in groups}
-    if any("betas" not in g or "eps" not in g for g in groups) or len(settings) != 1:
-        raise GGLMUserError(
-            "--gglm-preconditioner adam needs an Adam optimiser (--optimizer adam) with one "
-            f"beta2 and eps for all parameters; got {type(inner).__name__}"
-        )
-    states = [inner.state.get(p) for g in groups for p in g["params"]]
-    if not states or any(not state or "exp_avg_sq" not in state for state in states):
-        return None
-    moments = [state["exp_avg_sq"] for state in states]
-    if [m.shape for m in moments] != [p.shape for p in params]:
-        # fairseq's fp16/bf16 optimiser keeps one flat fp32 copy of all parameters.
-        flat = [m.view(-1) for m in moments]
-        flat = flat[0] if len(flat) == 1 else torch.cat(flat)
-        sizes = [p.numel() for p in params]
-        if flat.numel() != sum(sizes):
-            raise GGLMUserError(
-                "--gglm-preconditioner adam: the optimiser's state does not cover the model's "
-                "trainable parameters one to one (sharded optimiser state is not supported)"
-            )
-        moments = [chunk.view(p.shape) for chunk, p in zip(flat.split(sizes), params)]
-    ((betas, eps),) = settings
-    return moments, float(states[0]["step"]), float(betas[1]), float(eps)
 
 
 def loss_scale(optimizer: Any) -> float:

@@ -72,7 +72,7 @@ def test_ignored_prefix_tokens_are_not_counted_as_masked(data_bin, tmp_path):
     _, model, criterion, sample, clean = setup(
         data_bin, tmp_path, "--ignore-prefix-size", "1", "--gglm-threshold=-1e9"
     )
-    _, sample_size, log = masked_forward(criterion, model, sample, clean)
+    _, sample_size, log, _ = masked_forward(criterion, model, sample, clean)
     assert log["gglm_tokens_masked"] == 0 and log["gglm_sentences_masked"] == 0
     assert log["gglm_tokens"] == sample_size == sample["ntokens"] - sample["nsentences"]
 

@@ -1,6 +1,7 @@
 """Data-parallel training with every engine: two CPU ranks (gloo) train exactly as one
 process whose updates hold both ranks' batches, under fairseq's legacy_ddp and under torch's
-DistributedDataParallel (c10d, the GPU default).
+DistributedDataParallel (c10d, the GPU default); torch DDP with --find-unused-parameters
+refuses the engines it breaks.
 
 The equivalence: with R ranks of --update-freq F, rank r's k-th micro-batch of update u is
 batch (u*F + k)*R + r of the epoch's shuffled batch list (fairseq shuffles, then shards),
@@ -21,9 +22,10 @@ from typing import Dict, List
 import numpy as np
 import pytest
 from cpu_ddp_rank import train_logged
-from helpers import load_params, train_args
+from helpers import build, load_params, train_args
 from test_distributed import free_port
 
+from gglm_fairseq.errors import GGLMUserError
 from gglm_fairseq.record import RECORD_FILE, ExampleRecord
 
 ENGINES = ("ghost", "jvp", "vmap", "loop")
@@ -39,6 +41,7 @@ STATS = (
     "loss", "nll_loss", "masked_loss", "gglm_masked_sent", "gglm_masked_tok",
     "gglm_clean_loss", "gglm_align_mean", "gglm_align_min", "gglm_align_max", "gnorm",
 )  # fmt: skip
+FIND_UNUSED = ("--ddp-backend", "c10d", "--find-unused-parameters")
 # name: the run's own arguments
 DATA_PARALLEL_RUNS = {
     **{
@@ -46,6 +49,8 @@ DATA_PARALLEL_RUNS = {
         for backend in ("legacy_ddp", "c10d")
         for engine in ENGINES
     },
+    "find_unused-auto": FIND_UNUSED,
+    **{f"find_unused-{engine}": (*FIND_UNUSED, "--gglm-engine", engine) for engine in ENGINES[:3]},
 }
 
 
@@ -134,3 +139,68 @@ def assert_same_training(run: Path, reference: Path) -> None:
 @pytest.mark.parametrize("engine", ENGINES)
 def test_two_ranks_train_as_one_process(data_parallel, one_process, backend, engine):
     assert_same_training(data_parallel / f"{backend}-{engine}", one_process(engine))
+
+
+@pytest.mark.slow
+def test_auto_under_find_unused_parameters_trains_with_loop(data_parallel, one_process):
+    assert_same_training(data_parallel / "find_unused-auto", one_process("loop"))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("engine", ENGINES[:3])
+def test_find_unused_parameters_refuses_at_start_up(data_parallel, engine):
+    for rank in range(RANKS):
+        error = Path(f"{data_parallel / f'find_unused-{engine}'}.rank{rank}.error").read_text()
+        assert error.strip().splitlines()[-1] == (
+            f"gglm_fairseq.errors.GGLMUserError: --gglm-engine {engine} cannot run under "
+            "--ddp-backend c10d with --find-unused-parameters (torch DDP's output hook breaks "
+            "it): use --ddp-backend legacy_ddp, drop --find-unused-parameters, or use "
+            "--gglm-engine loop"
+        )
+    assert not (data_parallel / f"find_unused-{engine}" / "checkpoint_last.pt").exists()
+
+
+def criterion_for(data_bin, tmp_path, *extra):
+    """The model and criterion fairseq-train builds with these options, in one process."""
+    _, model, criterion = build(train_args(data_bin, tmp_path, *extra))
+    return model, criterion
+
+
+@pytest.mark.parametrize(
+    "distributed",
+    [
+        ("--distributed-world-size", "2", "--ddp-backend", "legacy_ddp",
+         "--find-unused-parameters"),
+        ("--distributed-world-size", "2", "--ddp-backend", "c10d"),
+        ("--distributed-world-size", "1", *FIND_UNUSED),  # fairseq wraps no model then
+    ],
+)  # fmt: skip
+def test_what_is_not_refused(data_bin, tmp_path, distributed):
+    for engine in ENGINES:
+        model, criterion = criterion_for(data_bin, tmp_path, *distributed, "--gglm-engine", engine)
+        assert criterion.engine_for(model) == engine
+    model, criterion = criterion_for(data_bin, tmp_path, *distributed)
+    assert criterion.engine_for(model) == "ghost"
+
+
+@pytest.mark.parametrize("engine", ENGINES[:3])
+def test_find_unused_parameters_refuses_the_engines_it_breaks(data_bin, tmp_path, engine):
+    distributed = ("--distributed-world-size", "2", *FIND_UNUSED)
+    with pytest.raises(GGLMUserError, match=f"--gglm-engine {engine} cannot run under"):
+        criterion_for(data_bin, tmp_path, *distributed, "--gglm-engine", engine)
+    model, criterion = criterion_for(data_bin, tmp_path, *distributed, "--gglm-engine", "loop")
+    assert criterion.engine_for(model) == "loop"
+
+
+@pytest.mark.parametrize(
+    "granularity_and_similarity",
+    [(), ("--gglm-granularity", "token"),
+     ("--gglm-similarity", "cosine", "--gglm-threshold", "0.1")],
+)  # fmt: skip
+def test_auto_never_picks_a_refused_engine(data_bin, tmp_path, granularity_and_similarity):
+    """auto's choices (ghost, jvp at token level, vmap for gradient norms) become loop."""
+    model, criterion = criterion_for(
+        data_bin, tmp_path, "--distributed-world-size", "2", *FIND_UNUSED,
+        *granularity_and_similarity,
+    )  # fmt: skip
+    assert criterion.engine_for(model) == "loop"

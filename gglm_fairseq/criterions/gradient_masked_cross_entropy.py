@@ -21,6 +21,7 @@ from fairseq.criterions.label_smoothed_cross_entropy import (
 )
 from fairseq.dataclass import ChoiceEnum
 from fairseq.logging import metrics
+from omegaconf import II
 from torch import Tensor, nn
 
 from gglm_fairseq.alignment import (
@@ -38,6 +39,7 @@ from gglm_fairseq.record import ExampleRecord
 logger = logging.getLogger(__name__)
 
 ENGINE_CHOICES = ChoiceEnum(["auto", "ghost", "jvp", "vmap", "loop"])
+TORCH_DDP_BACKENDS = ("c10d", "pytorch_ddp")
 
 
 @dataclass
@@ -111,6 +113,27 @@ class GradientMaskedCrossEntropyConfig(LabelSmoothedCrossEntropyCriterionConfig)
             "--sentence-avg) instead of the unmasked ones"
         },
     )
+    # Filled from fairseq's distributed configuration (no flags of their own).
+    ddp_backend: str = II("distributed_training.ddp_backend")
+    find_unused_parameters: bool = II("distributed_training.find_unused_parameters")
+    distributed_world_size: int = II("distributed_training.distributed_world_size")
+
+
+def refused_engines(cfg: GradientMaskedCrossEntropyConfig) -> Tuple[str, ...]:
+    """The engines that cannot run under the run's data-parallel wrapper. torch's
+    DistributedDataParallel with find_unused_parameters passes the model's output through
+    an autograd.Function with no forward-mode or functorch rule (jvp, vmap fail), and marks
+    every parameter the output's graph does not reach as ready at once, which is all of them
+    under ghost's detached forward (its weight gradients then mark them twice). Measured in
+    tests/test_data_parallel.py; without find_unused_parameters every engine runs."""
+    # A config built by hand (scripts) holds the interpolation strings: nothing is refused.
+    if (
+        str(cfg.ddp_backend) in TORCH_DDP_BACKENDS
+        and cfg.find_unused_parameters is True
+        and cfg.distributed_world_size > 1
+    ):
+        return ("ghost", "jvp", "vmap")
+    return ()
 
 
 def _padded(tokens: Tensor, pad: int) -> Tensor:
@@ -164,6 +187,14 @@ class GradientMaskedCrossEntropyCriterion(LabelSmoothedCrossEntropyCriterion):
         self.engine_name = str(cfg.gglm_engine)
         if self.engine_name != "auto":
             get_engine(self.engine_name)  # fail at start-up on a bad name
+        self.refused_engines = refused_engines(cfg)
+        if self.engine_name in self.refused_engines:
+            raise GGLMUserError(
+                f"--gglm-engine {self.engine_name} cannot run under --ddp-backend "
+                f"{cfg.ddp_backend} with --find-unused-parameters (torch DDP's output hook "
+                "breaks it): use --ddp-backend legacy_ddp, drop --find-unused-parameters, or "
+                "use --gglm-engine loop"
+            )
         self.granularity = str(cfg.gglm_granularity)
         self.similarity = str(cfg.gglm_similarity)
         self.needs_norms = self.similarity == "cosine" and cfg.gglm_threshold != 0.0
@@ -225,6 +256,13 @@ class GradientMaskedCrossEntropyCriterion(LabelSmoothedCrossEntropyCriterion):
                 if problem is not None:
                     logger.warning("gglm: %s; using the jvp engine", problem)
                     name = "jvp"
+            if name in self.refused_engines:  # auto only: an explicit one fails in __init__
+                logger.warning(
+                    "gglm: the %s engine cannot run under --ddp-backend %s with "
+                    "--find-unused-parameters; using the loop engine (slow: with --ddp-backend "
+                    "legacy_ddp auto chooses ghost)", name, self.cfg.ddp_backend,
+                )  # fmt: skip
+                name = "loop"
             self._engine = name
         return self._engine
 

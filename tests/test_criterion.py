@@ -49,6 +49,73 @@ def test_mask_follows_alignment_sign_and_renormalises(data_bin, tmp_path):
     assert log["loss"].item() == pytest.approx(losses.sum().item(), rel=1e-5)
 
 
+def target_tokens(task, sample):
+    return sample["target"].ne(task.target_dictionary.pad()).sum(1)
+
+
+def unmasked_sentence_losses(criterion, model, sample):
+    model.eval()
+    with torch.no_grad():
+        losses, _ = criterion.token_losses(model, sample)
+    return losses.sum(1)
+
+
+def test_keep_tokens_trains_on_the_best_sentences_within_the_budget(data_bin, tmp_path):
+    task, model, criterion, sample, _ = setup(
+        data_bin, tmp_path, "--dropout", "0", "--gglm-keep-tokens", "40"
+    )
+    loss, sample_size, log = masked_forward(criterion, model, sample, random_clean(model))
+    _, alignment, masked = criterion.take_pending()[0]
+    tokens, kept = target_tokens(task, sample), masked == 0
+    positive = alignment > 0
+    left_out = positive & ~kept
+    assert left_out.any()  # the budget, not the threshold, masked these
+    assert positive[kept].all() and alignment[kept].min() >= alignment[left_out].max()
+    assert sample_size == tokens[kept].sum().item() <= 40
+    assert sample_size + tokens[left_out][alignment[left_out].argmax()] > 40  # it did not fit
+    assert masked[~kept].eq(1).all()  # unselected counts as masked in the record and logs
+    assert log["gglm_sentences_masked"] == (~kept).sum().item()
+    assert log["gglm_tokens_masked"] == sample["ntokens"] - sample_size
+    losses = unmasked_sentence_losses(criterion, model, sample)
+    assert loss.item() == pytest.approx(losses[kept].sum().item(), rel=1e-5)
+
+
+def test_soft_weighting_weights_the_loss_and_the_sample_size(data_bin, tmp_path):
+    task, model, criterion, sample, _ = setup(
+        data_bin, tmp_path, "--dropout", "0", "--gglm-weighting", "soft"
+    )
+    loss, sample_size, log = masked_forward(criterion, model, sample, random_clean(model))
+    _, alignment, masked = criterion.take_pending()[0]
+    excess = alignment.clamp_min(0).double()
+    weights = excess / excess.mean()
+    tokens = target_tokens(task, sample)
+    assert sample_size == pytest.approx((weights * tokens).sum().item(), rel=1e-5)
+    losses = unmasked_sentence_losses(criterion, model, sample).double()
+    assert loss.item() == pytest.approx((weights * losses).sum().item(), rel=1e-5)
+    # The record and logs keep the 0/1 decision: weight 0 is masked, any other kept.
+    assert torch.equal(masked, (alignment <= 0).to(masked.dtype))
+    assert 0 < log["gglm_sentences_masked"] == (alignment <= 0).sum().item()
+    assert log["gglm_tokens_masked"] == tokens[alignment <= 0].sum().item()
+
+
+@pytest.mark.parametrize("mode", ["batch-mean", "batch-quantile"])
+def test_batch_threshold_modes_cut_relative_to_the_micro_batch(data_bin, tmp_path, mode):
+    _, model, criterion, sample, _ = setup(
+        data_bin, tmp_path, "--dropout", "0", "--gglm-threshold-mode", mode,
+        "--gglm-threshold-quantile", "0.25",
+    )  # fmt: skip
+    _, _, log = masked_forward(criterion, model, sample, random_clean(model))
+    _, alignment, masked = criterion.take_pending()[0]
+    masked = masked == 1
+    assert not torch.equal(masked, alignment <= 0)  # not the absolute threshold's mask
+    if mode == "batch-mean":
+        assert torch.equal(masked, alignment <= alignment.mean())
+    else:
+        assert masked.sum().item() == math.floor(0.25 * len(alignment))
+        assert alignment[masked].max() <= alignment[~masked].min()
+    assert log["gglm_sentences_masked"] == masked.sum().item()
+
+
 def test_no_renormalize_keeps_all_tokens(data_bin, tmp_path):
     _, model, criterion, sample, _ = setup(data_bin, tmp_path, "--gglm-no-renormalize")
     _, sample_size, log, decisions = masked_forward(criterion, model, sample, random_clean(model))
@@ -132,6 +199,19 @@ def test_schedule(data_bin, tmp_path, warmup, interval, expected):
         (["--gglm-warmup-updates", "-1"], "--gglm-warmup-updates must be >= 0"),
         (["--gglm-engine", "jvp", "--gglm-similarity", "cosine", "--gglm-threshold", "0.1"],
          "needs gradient norms"),
+        (["--gglm-keep-tokens", "100", "--gglm-granularity", "token"],
+         "--gglm-keep-tokens needs --gglm-granularity sentence"),
+        (["--gglm-weighting", "soft", "--gglm-granularity", "token"],
+         "--gglm-weighting soft needs --gglm-granularity sentence"),
+        (["--gglm-threshold-mode", "batch-mean", "--gglm-granularity", "token"],
+         "--gglm-threshold-mode batch-mean needs --gglm-granularity sentence"),
+        (["--gglm-keep-tokens", "-1"], "--gglm-keep-tokens must be >= 0"),
+        (["--gglm-keep-tokens", "100", "--gglm-weighting", "soft"], "use --gglm-weighting mask"),
+        (["--gglm-threshold-quantile", "1"], r"--gglm-threshold-quantile must be in \[0, 1\)"),
+        (["--gglm-threshold-mode", "batch-quantile", "--gglm-threshold", "0.1"],
+         "leave --gglm-threshold at 0"),
+        (["--gglm-threshold-mode", "batch-quantile", "--gglm-weighting", "soft"],
+         "soft needs a threshold"),
     ],
 )  # fmt: skip
 def test_bad_options(data_bin, tmp_path, flags, message):

@@ -8,6 +8,7 @@ from helpers import tiny_transformer
 from gglm_fairseq.alignment import (
     ENGINES,
     get_engine,
+    gradient,
     loop_aligned_loss,
     substituted_parameters,
     trainable_parameters,
@@ -150,6 +151,40 @@ def test_masked_loss_gradient_equals_loop(engine, granularity, shared):
         assert (got is None) == (want is None)
         if want is not None:
             assert (got - want).abs().max() / scale < 1e-5
+
+
+def naive_weighted_gradients(model, dictionary, weights):
+    """sum_i of grad (w_i * l_i), one forward and backward per example (w_i a number, or
+    one per target token)."""
+    params = trainable_parameters(model)
+    total = [torch.zeros_like(p) for p in params]
+    for i in range(weights.shape[0]):
+        losses, _ = token_loss_fn(dictionary.pad())(model, make_batch(dictionary))
+        grads = gradient((losses[i] * weights[i]).sum(), params)
+        total = [t + g for t, g in zip(total, grads)]
+    return total
+
+
+@pytest.mark.parametrize("granularity", ["sentence", "token"])
+@pytest.mark.parametrize("engine", ENGINES)
+def test_weighted_loss_gradient_equals_a_naive_loop(engine, granularity):
+    """masked_loss takes any weights, not only a 0/1 mask (--gglm-weighting soft): every
+    engine's backward gives sum_i w_i grad l_i, ghost's own weight gradients included."""
+    model, dictionary = tiny_transformer(share_all_embeddings=True)
+    model.eval()  # the naive loop's forwards must repeat the engine's
+    aligned = run(engine, model, dictionary, granularity)
+    generator = torch.Generator().manual_seed(3)
+    weights = torch.rand(aligned.alignment.shape, generator=generator) * 3
+    weights.view(-1)[::3] = 0.0
+    model.zero_grad()
+    aligned.masked_loss(weights).backward()
+    params = trainable_parameters(model)
+    actual = [torch.zeros_like(p) if p.grad is None else p.grad.clone() for p in params]
+    expected = naive_weighted_gradients(model, dictionary, weights)
+    binarised = naive_weighted_gradients(model, dictionary, (weights > 0).float())
+    scale = max(g.abs().max() for g in expected)
+    assert max((a - e).abs().max() for a, e in zip(actual, expected)) / scale < 1e-5
+    assert max((b - e).abs().max() for b, e in zip(binarised, expected)) / scale > 1e-2
 
 
 def test_vmap_gradient_norms_equal_loop():

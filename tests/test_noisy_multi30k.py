@@ -4,7 +4,8 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts" / "experiments"))
-from noisy_multi30k import output_shares  # noqa: E402
+from common import PROFILES  # noqa: E402
+from noisy_multi30k import output_shares, parse_args, system_command  # noqa: E402
 
 
 def test_output_shares_count_copies_and_french():
@@ -18,3 +19,21 @@ def test_output_shares_count_copies_and_french():
     assert output_shares(hypotheses, sources) == {"copied": 0.25, "french": 0.25}
     mixed = ["le chien und die Katze mit dem Ball"]  # German function words outnumber
     assert output_shares(mixed, ["x"]) == {"copied": 0.0, "french": 0.0}
+
+
+def flag(command, name):
+    return command[command.index(name) + 1]
+
+
+def test_candidate_max_tokens_enlarges_gglm_batches_only(tmp_path):
+    profile = PROFILES["quick"]
+    args = parse_args(["--work", str(tmp_path), "--candidate-max-tokens", "8192",
+                       "--gglm-args", "--gglm-keep-tokens 4096"])  # fmt: skip
+    gglm = system_command("gglm", args, profile, tmp_path)
+    assert flag(gglm, "--max-tokens") == "8192" and gglm.count("--max-tokens") == 1
+    assert flag(gglm, "--clean-max-tokens") == str(profile.max_tokens // 4)
+    assert flag(gglm, "--gglm-keep-tokens") == "4096"
+    assert flag(system_command("baseline", args, profile, tmp_path), "--max-tokens") == "4096"
+    plain = parse_args(["--work", str(tmp_path)])
+    default = system_command("gglm", plain, profile, tmp_path)
+    assert flag(default, "--max-tokens") == "4096" and "--clean-max-tokens" not in default

@@ -31,7 +31,18 @@ from .ghost import (
 )
 from .jvp import jvp_aligned_loss
 from .loop import loop_aligned_loss
-from .mask import SIMILARITIES, mask_from_scores, similarity
+from .mask import (
+    SIMILARITIES,
+    THRESHOLD_MODES,
+    WEIGHTINGS,
+    MaskRule,
+    keep_top_tokens,
+    mask_from_scores,
+    mask_lowest_share,
+    similarity,
+    soft_weights,
+    unit_weights,
+)
 from .precondition import AdamSecondMoment, adam_preconditioned, adam_second_moment
 from .vmap import vmap_aligned_loss
 
@@ -58,9 +69,12 @@ __all__ = [
     "GRANULARITIES",
     "SIMILARITIES",
     "AdamSecondMoment",
+    "THRESHOLD_MODES",
+    "WEIGHTINGS",
     "AlignedLoss",
     "Engine",
     "GhostUnsupportedError",
+    "MaskRule",
     "TokenLossFn",
     "adam_preconditioned",
     "adam_second_moment",
@@ -69,15 +83,19 @@ __all__ = [
     "ghost_problem",
     "gradient",
     "jvp_aligned_loss",
+    "keep_top_tokens",
     "loop_aligned_loss",
     "mask_from_scores",
+    "mask_lowest_share",
     "restricted",
     "selected_parameters",
     "similarity",
+    "soft_weights",
     "substituted_parameters",
     "trainable_parameter_names",
     "trainable_parameters",
     "unfused_attention",
+    "unit_weights",
     "units",
     "unsupported_parameters",
     "vmap_aligned_loss",

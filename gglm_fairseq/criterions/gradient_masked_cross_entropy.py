@@ -27,10 +27,11 @@ from torch import Tensor, nn
 from gglm_fairseq.alignment import (
     AlignedLoss,
     GhostUnsupportedError,
+    MaskRule,
     get_engine,
     ghost_problem,
-    mask_from_scores,
     similarity,
+    unit_weights,
 )
 from gglm_fairseq.clean_gradient import CleanGradient
 from gglm_fairseq.errors import GGLMUserError
@@ -81,6 +82,40 @@ class GradientMaskedCrossEntropyConfig(LabelSmoothedCrossEntropyCriterionConfig)
     gglm_threshold: float = field(
         default=0.0,
         metadata={"help": "keep an example (token) when its similarity is above this"},
+    )
+    gglm_threshold_mode: ChoiceEnum(["absolute", "batch-mean", "batch-quantile"]) = field(
+        default="absolute",
+        metadata={
+            "help": "absolute = the score is compared with --gglm-threshold; batch-mean = with "
+            "the micro-batch's mean score plus --gglm-threshold; batch-quantile = the lowest "
+            "--gglm-threshold-quantile share of the micro-batch's sentences is masked (ours; "
+            "batch modes at sentence granularity; batch-quantile with threshold 0)"
+        },
+    )
+    gglm_threshold_quantile: float = field(
+        default=0.4,
+        metadata={
+            "help": "share q in [0, 1) masked by --gglm-threshold-mode batch-quantile: the "
+            "floor(q * sentences) lowest scores of each micro-batch"
+        },
+    )
+    gglm_weighting: ChoiceEnum(["mask", "soft"]) = field(
+        default="mask",
+        metadata={
+            "help": "mask = weight 1 above the threshold, 0 elsewhere; soft = L2RW-style "
+            "weights max(s_i - threshold, 0) / their mean over the micro-batch's sentences "
+            "(ours; sentence granularity; the sample size is the weighted target-token "
+            "count, and a sentence counts as masked in logs and record when its weight is 0)"
+        },
+    )
+    gglm_keep_tokens: int = field(
+        default=0,
+        metadata={
+            "help": "of the sentences above the threshold, train on at most N target tokens "
+            "per micro-batch, whole sentences in descending score order until the next does "
+            "not fit (ours; sentence granularity, mask weighting): with --max-tokens above N "
+            "the update stays full after masking; 0: off"
+        },
     )
     gglm_warmup_updates: int = field(
         default=0,
@@ -156,6 +191,42 @@ def _with_distinct_lengths(sample: Dict[str, Any], pad: int) -> Dict[str, Any]:
     return dict(sample, net_input=net_input)
 
 
+def mask_rule(cfg: GradientMaskedCrossEntropyConfig) -> MaskRule:
+    """The rule from scores to weights, after refusing combinations without a meaning."""
+    rule = MaskRule(
+        threshold=cfg.gglm_threshold,
+        threshold_mode=str(cfg.gglm_threshold_mode),
+        quantile=cfg.gglm_threshold_quantile,
+        weighting=str(cfg.gglm_weighting),
+        keep_tokens=cfg.gglm_keep_tokens,
+    )
+    sentence_only = {
+        "--gglm-keep-tokens": rule.keep_tokens > 0,
+        "--gglm-weighting soft": rule.weighting == "soft",
+        f"--gglm-threshold-mode {rule.threshold_mode}": rule.threshold_mode != "absolute",
+    }
+    for flag, used in sentence_only.items():
+        if used and str(cfg.gglm_granularity) != "sentence":
+            raise GGLMUserError(f"{flag} needs --gglm-granularity sentence")
+    if rule.keep_tokens < 0:
+        raise GGLMUserError("--gglm-keep-tokens must be >= 0")
+    if rule.keep_tokens and rule.weighting == "soft":
+        raise GGLMUserError("--gglm-keep-tokens selects whole sentences: use --gglm-weighting mask")
+    if not 0.0 <= rule.quantile < 1.0:
+        raise GGLMUserError("--gglm-threshold-quantile must be in [0, 1)")
+    if rule.threshold_mode == "batch-quantile" and rule.threshold != 0.0:
+        raise GGLMUserError(
+            "--gglm-threshold-mode batch-quantile masks a share, not below a threshold: "
+            "leave --gglm-threshold at 0"
+        )
+    if rule.threshold_mode == "batch-quantile" and rule.weighting == "soft":
+        raise GGLMUserError(
+            "--gglm-weighting soft needs a threshold: use --gglm-threshold-mode absolute "
+            "or batch-mean"
+        )
+    return rule
+
+
 @register_criterion("gradient_masked_cross_entropy", dataclass=GradientMaskedCrossEntropyConfig)
 class GradientMaskedCrossEntropyCriterion(LabelSmoothedCrossEntropyCriterion):
     def __init__(self, task: Any, cfg: GradientMaskedCrossEntropyConfig) -> None:
@@ -183,6 +254,7 @@ class GradientMaskedCrossEntropyCriterion(LabelSmoothedCrossEntropyCriterion):
             raise GGLMUserError(
                 "--gglm-score running needs --gglm-granularity sentence and --gglm-similarity dot"
             )
+        self.mask_rule = mask_rule(cfg)
         self.cfg = cfg
         self.engine_name = str(cfg.gglm_engine)
         if self.engine_name != "auto":
@@ -304,12 +376,14 @@ class GradientMaskedCrossEntropyCriterion(LabelSmoothedCrossEntropyCriterion):
     def unit_mask(
         self, scores: Tensor, sample: Dict[str, Any], record: Optional[ExampleRecord] = None
     ) -> Tensor:
-        """1 for the sentences (B,) or tokens (B, T) to train on, from their scores; a
-        subclass may decide otherwise (the experiments' oracle and random controls).
-        ``record``: the examples' past alignments, for --gglm-score running."""
+        """The weights of the sentences' (B,) or tokens' (B, T) losses, from their scores:
+        1 to train on, 0 to mask, or soft weights; a subclass may decide otherwise (the
+        experiments' oracle and random controls). ``record``: the examples' past
+        alignments, for --gglm-score running."""
         if self.running_score and record is not None:
             scores = record.running_alignment(sample["id"], scores)
-        return mask_from_scores(scores, self.cfg.gglm_threshold)
+        token_counts = self._target_mask(sample).sum(dim=1)
+        return unit_weights(scores, token_counts, self.mask_rule)
 
     def forward(self, model: nn.Module, sample: Dict[str, Any], reduce: bool = True):
         """The unmasked loss (validation, and training where the task gives no direction)."""
@@ -337,7 +411,7 @@ class GradientMaskedCrossEntropyCriterion(LabelSmoothedCrossEntropyCriterion):
         nsentences = sample["target"].size(0)
         if direction is None:
             token_losses, extras = self.token_losses(model, sample)
-            mask = target_mask.to(token_losses.dtype)
+            weights = target_mask.to(token_losses.dtype)
             alignment = None
         else:
             aligned = self._aligned_loss(model, sample, direction, loss_scale)
@@ -348,17 +422,21 @@ class GradientMaskedCrossEntropyCriterion(LabelSmoothedCrossEntropyCriterion):
             # A non-finite alignment says nothing about the example: mask it, record nothing.
             finite = torch.isfinite(scores)
             scores = torch.where(finite, scores, torch.zeros_like(scores))
-            unit_mask = self.unit_mask(scores, sample, record) * finite
-            mask = unit_mask.unsqueeze(1) if self.granularity == "sentence" else unit_mask
-            mask = mask.expand_as(token_losses).to(token_losses.dtype) * target_mask
+            unit_loss_weights = self.unit_mask(scores, sample, record) * finite
+            unit_loss_weights = unit_loss_weights.to(token_losses.dtype)
+            sentence_level = self.granularity == "sentence"
+            weights = unit_loss_weights.unsqueeze(1) if sentence_level else unit_loss_weights
+            weights = weights.expand_as(token_losses) * target_mask
             alignment = aligned.alignment
-            masked_loss = aligned.masked_loss(
-                unit_mask.to(token_losses.dtype) if self.granularity == "sentence" else mask
-            )
-        kept_tokens = mask.sum()  # the mask is zero at padding
-        kept_sentences = (mask.sum(dim=1) > 0).sum()
+            masked_loss = aligned.masked_loss(unit_loss_weights if sentence_level else weights)
+        # (B, T) loss weights, zero at padding: the 0/1 mask, or soft weights. Sample size
+        # counts weighted units (the kept ones for a 0/1 mask); logs and the record count a
+        # unit of weight 0 as masked, so the mask rate means the same for both weightings.
+        kept = weights > 0
+        kept_tokens = weights.sum()
+        kept_sentences = weights.amax(dim=1).sum()
         if direction is None:
-            masked_loss = (token_losses * mask).sum()
+            masked_loss = (token_losses * weights).sum()
         if self.sentence_avg:
             full_size, kept_size = nsentences, kept_sentences
         else:
@@ -392,7 +470,7 @@ class GradientMaskedCrossEntropyCriterion(LabelSmoothedCrossEntropyCriterion):
         if alignment is not None:
             sentence_alignment = alignment if alignment.dim() == 1 else alignment.sum(dim=1)
             token_counts = target_mask.sum(dim=1)
-            masked_fraction = 1.0 - (mask.sum(dim=1) / token_counts.clamp_min(1))
+            masked_fraction = 1.0 - (kept.sum(dim=1) / token_counts.clamp_min(1))
             values = alignment if alignment.dim() == 1 else alignment[target_mask]
             finite_values = torch.isfinite(values)
             nonfinite = utils.item((~finite_values).sum())
@@ -402,9 +480,9 @@ class GradientMaskedCrossEntropyCriterion(LabelSmoothedCrossEntropyCriterion):
             logging_output.update(
                 gglm_active=1,
                 gglm_sentences=nsentences,
-                gglm_sentences_masked=utils.item((mask.sum(dim=1) == 0).sum()),
+                gglm_sentences_masked=utils.item((~kept.any(dim=1)).sum()),
                 gglm_tokens=seen_tokens,
-                gglm_tokens_masked=seen_tokens - utils.item(kept_tokens),
+                gglm_tokens_masked=seen_tokens - utils.item(kept.sum()),
                 gglm_clean_loss=clean.loss,
                 gglm_alignment_sum=utils.item(values.sum()),
                 gglm_alignment_count=values.numel(),

@@ -19,7 +19,10 @@ Systems (same model, same number of updates of the same batch size):
 
 - ``baseline``: label-smoothed cross-entropy on the noisy set;
 - ``gglm``: ``translation_with_clean_set`` + ``gradient_masked_cross_entropy`` (plus
-  ``--gglm-args``; ``--tag T`` names the system ``gglm-T`` so variants sit side by side);
+  ``--gglm-args``; ``--tag T`` names the system ``gglm-T`` so variants sit side by side;
+  ``--candidate-max-tokens N`` draws GGLM's batches of N tokens instead of the profile's
+  ``--max-tokens``, for ``--gglm-keep-tokens``, which trains on the best of them; the clean
+  batch keeps its size, a quarter of the profile's ``--max-tokens``);
 - ``oracle``: only the uncorrupted pairs;
 - ``baseline-long``: the baseline trained for ``--long-ratio`` times the updates, GGLM's time
   per update at its defaults (the baseline given GGLM's wall-clock). Its checkpoint at the
@@ -181,6 +184,11 @@ def system_command(name: str, args: argparse.Namespace, profile: Profile, work: 
     if kind == "baseline-long":
         command = _set(command, "--max-update", str(long_updates(args, profile)))
     if kind == "gglm":
+        if args.candidate_max_tokens:
+            # Larger candidate batches only: the clean batch stays what the default makes of
+            # the profile's --max-tokens (--gglm-args may still set its own, given later).
+            command = _set(command, "--max-tokens", str(args.candidate_max_tokens))
+            command += ["--clean-max-tokens", str(profile.max_tokens // 4)]
         return command + [
             "--task", "translation_with_clean_set", "--clean-subset", "clean",
             "--criterion", "gradient_masked_cross_entropy", *shlex.split(args.gglm_args),
@@ -372,6 +380,11 @@ def parse_args(argv: List[str]) -> argparse.Namespace:
     parser.add_argument("--systems", default=",".join(SYSTEMS), help="comma-separated systems")
     parser.add_argument("--gglm-args", default="", help="extra flags for GGLM (a variant)")
     parser.add_argument("--tag", default="", help="name the GGLM system gglm-TAG")
+    parser.add_argument(
+        "--candidate-max-tokens", type=int, default=0,
+        help="GGLM only: batches of this many tokens replace the profile's --max-tokens (for "
+        "--gglm-keep-tokens; the clean batch keeps a quarter of the profile's); 0: off",
+    )  # fmt: skip
     parser.add_argument(
         "--data", default=str(REPO / ".." / "shared" / "data" / "multi30k"),
         help="Multi30k raw text folder (default ../shared/data/multi30k from the repo root)",

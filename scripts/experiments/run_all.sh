@@ -23,6 +23,7 @@ cd "$(dirname "$0")/../.."
 profiles="quick full"
 runs=runs
 variants="adam warmup clean-all ema running token cross-attention"
+variants+=" keep-tokens soft batch-mean batch-quantile"
 noise_levels="0.2 0"
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -43,6 +44,15 @@ declare -A flags=(
   [running]="--gglm-score running"
   [token]="--gglm-granularity token"
   [cross-attention]="--gglm-parameters encoder_attn"
+  [keep-tokens]="--gglm-keep-tokens 4096"
+  [soft]="--gglm-weighting soft"
+  [batch-mean]="--gglm-threshold-mode batch-mean"
+  [batch-quantile]="--gglm-threshold-mode batch-quantile --gglm-threshold-quantile 0.4"
+)
+# Variant name -> extra runner flags: keep-tokens picks its 4096 tokens from candidate batches
+# twice the profile's --max-tokens (full when at least half the candidates pass the threshold).
+declare -A runner_flags=(
+  [keep-tokens]="--candidate-max-tokens 8192"
 )
 
 results=()
@@ -70,8 +80,10 @@ for profile in $profiles; do
     --work "$runs/paracrawl-$profile" "${paracrawl_updates[@]}"
   results+=("$runs/paracrawl-$profile/results.json")
   for name in $variants; do
+    # shellcheck disable=SC2086  # the runner flags are several words on purpose
     python scripts/experiments/noisy_multi30k.py --profile "$profile" --work "$m30k" \
-      --noise 0.4 --seed 1 --systems gglm --tag "$name" --gglm-args "${flags[$name]}"
+      --noise 0.4 --seed 1 --systems gglm --tag "$name" --gglm-args "${flags[$name]}" \
+      ${runner_flags[$name]:-}
   done
   probe "$m30k"
   for noise in $noise_levels; do

@@ -121,6 +121,11 @@ class CleanGradientEstimator:
         self._average_loss = 0.0
         self._selected: Optional[List[bool]] = None  # --gglm-parameters, once known
 
+    @property
+    def current(self) -> Optional[CleanGradient]:
+        """The direction of the latest anchor (None before the first)."""
+        return self._current
+
     def anchor(self, update_num: int) -> int:
         """The update whose clean batches give update ``update_num``'s direction."""
         return update_num - update_num % self.settings.interval

@@ -304,7 +304,7 @@ class Bench:
         tensors = list(self.model.parameters())
         for state in self.optimizer.optimizer.state.values():
             tensors += [t for t in state.values() if torch.is_tensor(t)]
-        cache = self.task._clean_cache
+        cache = self.task.estimator.current
         if cache is not None and cache.direction is not None:
             tensors += cache.direction
         distinct = {t.data_ptr(): t.numel() * t.element_size() for t in tensors}

@@ -77,6 +77,7 @@ from fairseq import checkpoint_utils, utils
 from fairseq.optim.adam import Adam
 
 from gglm_fairseq.alignment import trainable_parameters
+from gglm_fairseq.clean_gradient import CleanGradientEstimator, EstimatorSettings
 from gglm_fairseq.criterions.gradient_masked_cross_entropy import (
     GradientMaskedCrossEntropyConfig,
     GradientMaskedCrossEntropyCriterion,
@@ -130,11 +131,10 @@ def settings() -> List[Setting]:
 def make_criterion(
     task, interval: int = 1, decay: float = 0.0
 ) -> GradientMaskedCrossEntropyCriterion:
-    """GGLM's criterion as the runner configures it (label smoothing 0.1, token average)."""
-    cfg = GradientMaskedCrossEntropyConfig(
-        label_smoothing=0.1, sentence_avg=False,
-        gglm_clean_grad_interval=interval, gglm_clean_grad_ema=decay,
-    )  # fmt: skip
+    """GGLM's criterion as the runner configures it (label smoothing 0.1, token average), with
+    the task's clean-gradient estimator set to this interval and decay."""
+    task.estimator = CleanGradientEstimator(EstimatorSettings(interval=interval, decay=decay))
+    cfg = GradientMaskedCrossEntropyConfig(label_smoothing=0.1, sentence_avg=False)
     return GradientMaskedCrossEntropyCriterion(task, cfg)
 
 
@@ -158,7 +158,8 @@ def directions_at(
     the fixed model. With an EMA every update up to the last position is computed (the
     average depends on all of them); without one only the positions are."""
     wanted = set(positions)
-    every = criterion.cfg.gglm_clean_grad_ema > 0 or criterion.cfg.gglm_clean_grad_interval > 1
+    settings = task.estimator.settings
+    every = settings.decay > 0 or settings.interval > 1
     out: Dict[int, Direction] = {}
     for update in range(max(positions) + 1) if every else sorted(wanted):
         direction = task.clean_gradient(model, criterion, update).direction
@@ -233,13 +234,14 @@ def time_costs(
 
 
 def ema_seconds(template: TranslationWithCleanSetTask, like: Direction, reps: int) -> float:
-    """The EMA's own cost per recomputation: the task's averaging of two gradients."""
-    task = clean_task(template, 1)
+    """The EMA's own cost per recomputation: the estimator's averaging of two gradients."""
     times = []
     for _ in range(reps):
-        task._clean_average = [torch.randn_like(g) for g in like]
+        average = [torch.randn_like(g) for g in like]
         fresh = [torch.randn_like(g) for g in like]
-        times.append(seconds(lambda g=fresh: task._averaged(g, 0.9, 0)))
+        times.append(
+            seconds(lambda a=average, g=fresh: [torch.lerp(x, y, 0.1) for x, y in zip(a, g)])
+        )
     return statistics.median(times)
 
 

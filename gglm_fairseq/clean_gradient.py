@@ -34,8 +34,9 @@ logger = logging.getLogger(__name__)
 
 TokenLossFn = Callable[[nn.Module, Any], Tuple[Tensor, Dict[str, Tensor]]]
 AdamState = Tuple[List[Tensor], float, float, float]  # second moment, step, beta2, eps
-# fp16 clean backward: halve the loss scale on overflow at most this many times.
+# fp16 clean backward: on overflow, divide the scale by _SCALE_BACKOFF, at most this often.
 _SCALE_RETRIES = 12
+_SCALE_BACKOFF = 4.0
 
 
 @dataclass
@@ -80,7 +81,7 @@ def clean_batch_gradient(
 
     Half-precision parameters: the backward runs under ``loss_scale`` times the token count,
     as fairseq's own backward of a summed loss would (unscaled, 93% of a mean loss's logit
-    gradients flush to zero in fp16), and is unscaled in fp32; on overflow the scale is halved.
+    gradients flush to zero in fp16), and is unscaled in fp32; on overflow the scale backs off.
     """
     params = trainable_parameters(model)
     half = any(p.dtype == torch.float16 for p in params)
@@ -100,7 +101,7 @@ def clean_batch_gradient(
                 loss += batch_loss.detach()
             if scale == 1.0 or all(bool(torch.isfinite(g).all()) for g in grads):
                 break
-            scale /= 2  # overflow in half precision: fairseq's scaler would back off too
+            scale /= _SCALE_BACKOFF  # overflow in half precision: back off, as fairseq's scaler
         if scale != 1.0:
             for g in grads:
                 g.div_(scale)

@@ -202,3 +202,97 @@ def test_kill_minus_nine_and_resume_equals_an_uninterrupted_run(data_bin, tmp_pa
     assert finished[-1] or run_until_killed(argv, log, delay=600)
     assert "restored the record and the clean-gradient state" in log.read_text()
     assert_same_run(whole, killed)
+
+
+def test_epoch_sharded_data_keys_the_record_by_shard(data_bin, tmp_path):
+    """data-bin/a:data-bin/b: each shard restarts example ids; the record puts the second
+    shard's examples after the first's."""
+    import shutil
+
+    first, second = (
+        shutil.copytree(data_bin, tmp_path / "a"),
+        shutil.copytree(data_bin, tmp_path / "b"),
+    )
+    save = tmp_path / "c"
+    argv = train_args(data_bin, save, "--max-epoch", "2")
+    argv[0] = f"{first}:{second}"
+    train(argv)
+    record = ExampleRecord.load(str(save / RECORD_FILE))
+    size = 240
+    assert len(record) >= 2 * size - 10
+    assert record.seen[:size].sum() > 0 and record.seen[size : 2 * size].sum() > 0
+    assert record.seen.max() == 1  # each example once: an epoch per shard
+
+
+def test_clean_pairs_longer_than_the_model_are_skipped_or_refused(data_bin, tmp_path, caplog):
+    from helpers import build
+
+    from gglm_fairseq.tasks import CleanSetError
+
+    def clean_batches(positions):
+        task, model, _ = build(
+            train_args(data_bin, tmp_path / positions, "--max-source-positions", positions,
+                       "--max-target-positions", positions)
+        )  # fmt: skip
+        return task.clean_batch_iterators(model)
+
+    clean_batches("8")
+    assert "clean pairs are longer than the model's max positions" in caplog.text
+    with pytest.raises(CleanSetError, match="all 40 clean pairs are longer"):
+        clean_batches("2")
+
+
+def test_non_finite_alignments_are_masked_and_not_recorded(data_bin, tmp_path, monkeypatch):
+    from helpers import build
+
+    task, model, criterion = build(train_args(data_bin, tmp_path / "c", "--dropout", "0"))
+    sample = next(
+        task.get_batch_iterator(task.dataset("train"), max_tokens=400, seed=1).next_epoch_itr(
+            shuffle=False
+        )
+    )
+    original = criterion._aligned_loss
+
+    def with_nan(*args, **kwargs):
+        aligned = original(*args, **kwargs)
+        aligned.alignment[0] = float("nan")
+        return aligned
+
+    monkeypatch.setattr(criterion, "_aligned_loss", with_nan)
+    clean = task.clean_gradient(model, criterion, 0)
+    _, _, log, decisions = criterion.masked_forward(model.train(), sample, clean)
+    assert log["gglm_alignment_nonfinite"] == 1
+    assert sample["id"][0] not in decisions.ids and len(decisions.ids) == len(sample["id"]) - 1
+    assert torch.isfinite(decisions.alignment).all()
+    assert np.isfinite(log["gglm_alignment_sum"])
+
+
+def test_everything_masked_for_many_updates_warns_once(data_bin, tmp_path, caplog):
+    train(train_args(data_bin, tmp_path / "c", "--gglm-threshold", "1e9", "--max-update", "45"))
+    assert caplog.text.count("every training example was masked in 20 consecutive") == 1
+
+
+def test_training_targets_that_are_empty_lines(tmp_path):
+    """An empty target line is binarised as end-of-sentence alone: it trains and is recorded."""
+    from helpers import binarize, write_corpus
+
+    text = tmp_path / "text"
+    write_corpus(text, {"train": 60, "valid": 10, "test": 10, "clean": 20})
+    lines = (text / "train.tgt").read_text().splitlines()
+    lines[:5] = [""] * 5
+    (text / "train.tgt").write_text("\n".join(lines) + "\n")
+    binarize(text, tmp_path / "bin")
+    train(train_args(tmp_path / "bin", tmp_path / "c", "--max-update", "3"))
+    record = ExampleRecord.load(str(tmp_path / "c" / RECORD_FILE))
+    assert record.seen[:5].sum() > 0 and np.isfinite(record.alignment_sum).all()
+
+
+def test_the_criterion_needs_the_clean_set_task(data_bin, tmp_path):
+    from helpers import build
+
+    argv = train_args(data_bin, tmp_path / "c")
+    argv[argv.index("translation_with_clean_set")] = "translation"
+    at = argv.index("--clean-max-tokens")
+    del argv[at : at + 2]  # an option of the clean-set task
+    with pytest.raises(ValueError, match="needs --task translation_with_clean_set"):
+        build(argv)

@@ -15,7 +15,7 @@ from typing import Any, Dict, Iterator, List, Optional
 import numpy as np
 import torch
 from fairseq import utils
-from fairseq.data import indexed_dataset
+from fairseq.data import data_utils, indexed_dataset
 from fairseq.dataclass import ChoiceEnum
 from fairseq.distributed import utils as distributed_utils
 from fairseq.optim.amp_optimizer import AMPOptimizer
@@ -243,7 +243,7 @@ class TranslationWithCleanSetTask(TranslationTask):
                 found = [x for x in prefixes if indexed_dataset.dataset_exists(x, impl=impl)]
                 if not found:
                     break
-                offset += len(indexed_dataset.make_dataset(found[0], impl=impl))
+                offset += len(data_utils.load_indexed_dataset(found[0], None, impl))
         return offset
 
     def clean_prefix(self) -> str:

@@ -95,3 +95,17 @@ def test_state_of_another_model_is_refused(setup):
 def test_bad_settings(settings, message):
     with pytest.raises(ValueError, match=message):
         CleanGradientEstimator(settings)
+
+
+def test_state_before_any_direction_and_right_after_a_restore(setup):
+    """Review finding 5: a checkpoint written before the first clean gradient, or right after
+    a restore, must save (it raised AttributeError)."""
+    task, model, criterion, _ = setup
+    estimator = CleanGradientEstimator(EstimatorSettings(decay=0.5))
+    assert estimator.state_dict() == {"average_anchor": -1}
+    params = list(model.parameters())
+    state = {"average_anchor": 4, "average": [torch.ones_like(p) for p in params], "loss": 2.0}
+    estimator.load_state_dict(state, params)
+    saved = estimator.state_dict()
+    assert saved["average_anchor"] == 4 and saved["loss"] == 2.0
+    assert all(torch.equal(a, b) for a, b in zip(saved["average"], state["average"]))

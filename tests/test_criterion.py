@@ -64,8 +64,9 @@ def test_keep_tokens_trains_on_the_best_sentences_within_the_budget(data_bin, tm
     task, model, criterion, sample, _ = setup(
         data_bin, tmp_path, "--dropout", "0", "--gglm-keep-tokens", "40"
     )
-    loss, sample_size, log = masked_forward(criterion, model, sample, random_clean(model))
-    _, alignment, masked = criterion.take_pending()[0]
+    clean = random_clean(model)
+    loss, sample_size, log, decisions = masked_forward(criterion, model, sample, clean)
+    alignment, masked = decisions.alignment, decisions.masked
     tokens, kept = target_tokens(task, sample), masked == 0
     positive = alignment > 0
     left_out = positive & ~kept
@@ -84,8 +85,9 @@ def test_soft_weighting_weights_the_loss_and_the_sample_size(data_bin, tmp_path)
     task, model, criterion, sample, _ = setup(
         data_bin, tmp_path, "--dropout", "0", "--gglm-weighting", "soft"
     )
-    loss, sample_size, log = masked_forward(criterion, model, sample, random_clean(model))
-    _, alignment, masked = criterion.take_pending()[0]
+    clean = random_clean(model)
+    loss, sample_size, log, decisions = masked_forward(criterion, model, sample, clean)
+    alignment, masked = decisions.alignment, decisions.masked
     excess = alignment.clamp_min(0).double()
     weights = excess / excess.mean()
     tokens = target_tokens(task, sample)
@@ -104,8 +106,8 @@ def test_batch_threshold_modes_cut_relative_to_the_micro_batch(data_bin, tmp_pat
         data_bin, tmp_path, "--dropout", "0", "--gglm-threshold-mode", mode,
         "--gglm-threshold-quantile", "0.25",
     )  # fmt: skip
-    _, _, log = masked_forward(criterion, model, sample, random_clean(model))
-    _, alignment, masked = criterion.take_pending()[0]
+    _, _, log, decisions = masked_forward(criterion, model, sample, random_clean(model))
+    alignment, masked = decisions.alignment, decisions.masked
     masked = masked == 1
     assert not torch.equal(masked, alignment <= 0)  # not the absolute threshold's mask
     if mode == "batch-mean":

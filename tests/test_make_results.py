@@ -5,7 +5,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "scripts" / "experiments"))
-from make_results import TESTS, noise_levels_section, variants_section  # noqa: E402
+from make_results import TESTS, noise_levels_section, seeds_section, variants_section  # noqa: E402,E501
 
 
 def entry(valid: float, test: float, rates=None) -> dict:
@@ -48,3 +48,28 @@ def test_variants_are_ranked_within_their_run():
     names = [row.split(" | ")[1] for row in rows]
     # Noise 0 run first, then noise 0.4 by validation BLEU (not mixed across runs).
     assert names == ["baseline", "gglm", "gglm-adam", "gglm", "baseline"]
+
+
+def seeded(seed: int, gglm: float, finetune: float) -> dict:
+    systems = {
+        "baseline": entry(10.0, 10.0) | {"train_seconds": 600.0},
+        "gglm": entry(gglm, gglm) | {"train_seconds": 900.0,
+                                     "curve": [{"updates": 2, "seconds": 60.0, "valid_bleu": 3.0},
+                                               {"updates": 4, "seconds": 120.0, "valid_bleu": gglm}]},
+        "finetune": entry(finetune, finetune) | {"train_seconds": 30.0},
+    }  # fmt: skip
+    return {"setting": {"profile": "full", "noise": 0.4, "seed": seed}, "systems": systems}
+
+
+def test_seeds_section_means_paired_differences_and_the_curve(tmp_path):
+    runs = [seeded(1, 12.0, 14.0), seeded(2, 14.0, 14.5), run(0.4, {"baseline": entry(1, 1)})]
+    lines = seeds_section(runs, tmp_path)
+    assert lines[0] == "## Over seeds: noisy Multi30k, noise 0.4, profile full"
+    assert "| gglm | 13.00 ± 1.41 (n=2) | 13.00 ± 1.41 (n=2) | 13.00 ± 1.41 (n=2) |" in (
+        "\n".join(lines)
+    )
+    # gglm - baseline: +2, +4 (mean 3 > sd 1.41); gglm - finetune: -2, -0.5 (1.25 > 1.06).
+    assert "| gglm − baseline | valid | 3.00 ± 1.41 (n=2) | +2.00, +4.00 | yes |" in lines
+    assert "| gglm − finetune | valid | -1.25 ± 1.06 (n=2) | -2.00, -0.50 | yes |" in lines
+    assert (tmp_path / "results_m30k-full-p0.4_seeds_curve.png").stat().st_size > 0
+    assert seeds_section([seeded(1, 12.0, 14.0)], tmp_path) == []  # one seed: no section

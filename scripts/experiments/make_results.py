@@ -17,7 +17,7 @@ import math
 import shlex
 import sys
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
@@ -389,10 +389,132 @@ def paracrawl_section(results: Dict, key: str, docs: Path) -> List[str]:
     return lines
 
 
+# The systems compared over seeds, and the issue's targets between them (on both tests).
+SEEDED = ("baseline", "baseline-long", "gglm", "finetune", "finetune-gglm", "oracle")
+SETS = ("valid", *TESTS)
+
+
+def mean_sd(values: List[float]) -> Tuple[Optional[float], Optional[float]]:
+    if not values:
+        return None, None
+    mean = sum(values) / len(values)
+    if len(values) < 2:
+        return mean, None
+    return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
+
+
+def mean_sd_text(values: List[float]) -> str:
+    mean, sd = mean_sd(values)
+    if mean is None:
+        return "–"
+    return f"{mean:.2f}" + ("" if sd is None else f" ± {sd:.2f}") + f" (n={len(values)})"
+
+
+def seed_groups(runs: List[Dict]) -> Dict[Tuple[str, float], List[Dict]]:
+    """Noisy-Multi30k runs of one profile and noise level, one per seed."""
+    groups: Dict[Tuple[str, float], List[Dict]] = {}
+    for results in runs:
+        setting = results["setting"]
+        groups.setdefault((setting["profile"], setting["noise"]), []).append(results)
+    return {k: sorted(v, key=lambda r: r["setting"]["seed"]) for k, v in groups.items()
+            if len({r["setting"]["seed"] for r in v}) > 1}  # fmt: skip
+
+
+def scores(group: List[Dict], system: str, subset: str) -> List[float]:
+    return [r["systems"][system][subset]["bleu"] for r in group
+            if subset in r.get("systems", {}).get(system, {})]  # fmt: skip
+
+
+def difference(group: List[Dict], ours: str, theirs: str, subset: str) -> List[float]:
+    """Per seed: BLEU of ``ours`` minus ``theirs`` (paired: same data, same seed)."""
+    return [r["systems"][ours][subset]["bleu"] - r["systems"][theirs][subset]["bleu"]
+            for r in group if ours in r.get("systems", {}) and theirs in r["systems"]]  # fmt: skip
+
+
+def curve_plot(group: List[Dict], path: Path) -> bool:
+    """Validation BLEU against training seconds, every system with a curve, every seed."""
+    figure = Figure(figsize=(7, 4.5))
+    ax = figure.add_subplot()
+    colours: Dict[str, str] = {}
+    drawn = False
+    for results in group:
+        for name, entry in results.get("systems", {}).items():
+            points = entry.get("curve")
+            if not points:
+                continue
+            colour = colours.setdefault(name, f"C{len(colours)}")
+            label = None if name in ax.get_legend_handles_labels()[1] else name
+            ax.plot([p["seconds"] / 60 for p in points], [p["valid_bleu"] for p in points],
+                    marker="o", color=colour, label=label)  # fmt: skip
+            drawn = True
+    if not drawn:
+        return False
+    ax.set_xlabel("training minutes (fairseq's wall clock, as logged)")
+    ax.set_ylabel("validation BLEU")
+    ax.set_title("BLEU against training time (one line per seed)")
+    ax.legend()
+    FigureCanvasAgg(figure)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    return True
+
+
+def seeds_section(runs: List[Dict], docs: Path) -> List[str]:
+    """Mean ± sd over seeds of the compared systems, the paired differences the targets name,
+    and the BLEU-vs-time plot."""
+    lines: List[str] = []
+    for (profile, noise), group in seed_groups(runs).items():
+        seeds = [r["setting"]["seed"] for r in group]
+        lines += [f"## Over seeds: noisy Multi30k, noise {noise}, profile {profile}", "",
+                  f"Seeds {seeds} (each seed is its own noise injection, sentencepiece model "
+                  "and training seed). Mean ± sample standard deviation over the seeds that "
+                  "finished the system; n says how many.", ""]  # fmt: skip
+        systems = [s for s in SEEDED if any(s in r.get("systems", {}) for r in group)]
+        rows = []
+        for system in systems:
+            row = [system] + [mean_sd_text(scores(group, system, subset)) for subset in SETS]
+            minutes_ = [r["systems"][system]["train_seconds"] / 60 for r in group
+                        if system in r.get("systems", {})]  # fmt: skip
+            row.append(mean_sd_text(minutes_))
+            aucs = [r["systems"][system]["detection"]["mask_rate"]["all"] for r in group
+                    if "detection" in r.get("systems", {}).get(system, {})]  # fmt: skip
+            row.append(mean_sd_text(aucs) if aucs else "–")
+            rows.append(row)
+        lines += table(["system", *[f"{s} BLEU" for s in SETS], "train min", "detection AUC"],
+                       rows) + [""]  # fmt: skip
+        pairs = [("gglm", "baseline"), ("gglm", "baseline-long"), ("finetune-gglm", "finetune"),
+                 ("gglm", "finetune")]  # fmt: skip
+        rows = []
+        for ours, theirs in pairs:
+            for subset in SETS:
+                diffs = difference(group, ours, theirs, subset)
+                mean, sd = mean_sd(diffs)
+                if mean is None:
+                    continue
+                real = "–" if sd is None else ("yes" if abs(mean) > sd else "no")
+                rows.append([f"{ours} − {theirs}", subset, mean_sd_text(diffs),
+                             ", ".join(f"{d:+.2f}" for d in diffs), real])  # fmt: skip
+        if rows:
+            lines += ["Paired differences (same seed, same data):", ""]
+            lines += table(["difference", "set", "mean ± sd", "per seed",
+                            "|mean| > sd"], rows) + [""]  # fmt: skip
+            lines += ["A difference is called real here only when its mean exceeds the seed "
+                      "spread (|mean| > sd); with two seeds that is a weak test.", ""]  # fmt: skip
+        plot = docs / f"results_m30k-{profile}-p{noise}_seeds_curve.png"
+        if curve_plot(group, plot):
+            lines += [f"![validation BLEU against training time]({plot.name})", "",
+                      "Each point is an interval checkpoint (`--curve-every`); the x axis is "
+                      "the training time fairseq logged, on the shared 2-core machine (runs "
+                      "of the two lanes overlapped, so the times are comparable only roughly).",
+                      ""]  # fmt: skip
+    return lines
+
+
 def main(argv: List[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("results", nargs="+",
-                        help="results.json files of the runners, probe-*.json of the probe")
+    parser.add_argument(
+        "results", nargs="+", help="results.json files of the runners, probe-*.json of the probe"
+    )
     parser.add_argument("--out", default="docs/results.md")
     parser.add_argument("--command", default="", help="the command that made the runs")
     args = parser.parse_args(argv)
@@ -421,6 +543,7 @@ def main(argv: List[str]) -> int:
     multi30k = [r for r in runs if r.get("experiment") == "noisy_multi30k"]
     for results in multi30k:
         lines += multi30k_section(results, results["_key"], docs)
+    lines += seeds_section(multi30k, docs)
     lines += noise_levels_section(multi30k)
     lines += variants_section(multi30k)
     for results in runs:

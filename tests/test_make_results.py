@@ -51,13 +51,13 @@ def test_variants_are_ranked_within_their_run():
 
 
 def seeded(seed: int, gglm: float, finetune: float) -> dict:
+    curve = [{"updates": 2, "seconds": 60.0, "valid_bleu": 3.0},
+             {"updates": 4, "seconds": 120.0, "valid_bleu": gglm}]  # fmt: skip
     systems = {
         "baseline": entry(10.0, 10.0) | {"train_seconds": 600.0},
-        "gglm": entry(gglm, gglm) | {"train_seconds": 900.0,
-                                     "curve": [{"updates": 2, "seconds": 60.0, "valid_bleu": 3.0},
-                                               {"updates": 4, "seconds": 120.0, "valid_bleu": gglm}]},
+        "gglm": entry(gglm, gglm) | {"train_seconds": 900.0, "curve": curve},
         "finetune": entry(finetune, finetune) | {"train_seconds": 30.0},
-    }  # fmt: skip
+    }
     return {"setting": {"profile": "full", "noise": 0.4, "seed": seed}, "systems": systems}
 
 

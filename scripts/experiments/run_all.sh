@@ -2,7 +2,7 @@
 # Run the experiments and regenerate docs/results.md from their results.
 #
 #   scripts/experiments/run_all.sh [--profiles "quick full"] [--runs DIR] [--variants "adam ema"]
-#                                  [--noise-levels "0.2 0"]
+#                                  [--noise-levels "0.2 0"] [--seeds "1 2 3"]
 #
 # Steps (each skips what its results.json already holds with the same command):
 #   quick (all systems in ~20-40 min on 2 cores):
@@ -14,8 +14,10 @@
 #     4. noisy Multi30k at the other noise levels (default 0.2 and 0): baseline, gglm, oracle,
 #        finetune (no oracle at noise 0: it would train on the baseline's data)
 #     5. the alignment probe of the noise-0.4 baseline (kept if its JSON exists)
-#   full (about 2 h on 2 cores): noisy Multi30k, noise 0.4: baseline, oracle, finetune, gglm,
-#     finetune-gglm, and the alignment probe of its baseline
+#   full (about 2 h per seed on 2 cores): noisy Multi30k, noise 0.4, for each of --seeds
+#     (default "1 2 3"): baseline-long (which also scores baseline), gglm, finetune,
+#     finetune-gglm (and oracle for seed 1), validation BLEU every 260 updates; the alignment
+#     probe of seed 1's baseline; the results page adds means over seeds and the BLEU-vs-time plot
 #   last: scripts/experiments/make_results.py -> docs/results.md and docs/*.png
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -25,12 +27,14 @@ runs=runs
 variants="adam warmup clean-all ema running token cross-attention"
 variants+=" keep-tokens soft batch-mean batch-quantile"
 noise_levels="0.2 0"
+seeds="1 2 3"
 while [ $# -gt 0 ]; do
   case "$1" in
     --profiles) profiles="$2"; shift 2 ;;
     --runs) runs="$2"; shift 2 ;;
     --variants) variants="$2"; shift 2 ;;
     --noise-levels) noise_levels="$2"; shift 2 ;;
+    --seeds) seeds="$2"; shift 2 ;;
     *) echo "unknown argument: $1" >&2; exit 2 ;;
   esac
 done
@@ -66,8 +70,19 @@ for profile in $profiles; do
   m30k="$runs/m30k-$profile-p0.4"
   results+=("$m30k/results.json")
   if [ "$profile" = full ]; then
-    python scripts/experiments/noisy_multi30k.py --profile full --work "$m30k" \
-      --noise 0.4 --seed 1 --systems baseline,oracle,finetune,gglm,finetune-gglm
+    # Seeds: each its own noise injection, sentencepiece and training seed. baseline-long is
+    # the baseline given GGLM's time per update; its checkpoint at the budget is the baseline.
+    # --curve-every: validation BLEU at every 260 updates (the BLEU-vs-time plot).
+    for seed in $seeds; do
+      work="$m30k"; systems=baseline-long,gglm,finetune,finetune-gglm
+      if [ "$seed" != 1 ]; then
+        work="$m30k-s$seed"; results+=("$work/results.json")
+      else
+        systems="$systems,oracle"
+      fi
+      python scripts/experiments/noisy_multi30k.py --profile full --work "$work" \
+        --noise 0.4 --seed "$seed" --systems "$systems" --curve-every 260
+    done
     probe "$m30k"
     continue
   fi

@@ -296,3 +296,21 @@ def test_the_criterion_needs_the_clean_set_task(data_bin, tmp_path):
     del argv[at : at + 2]  # an option of the clean-set task
     with pytest.raises(ValueError, match="needs --task translation_with_clean_set"):
         build(argv)
+
+
+def test_only_the_saving_rank_keeps_the_record(data_bin, tmp_path, monkeypatch):
+    from helpers import build
+
+    from gglm_fairseq.criterions import Decisions
+    from gglm_fairseq.tasks import translation_with_clean_set as module
+
+    task, _, _ = build(train_args(data_bin, tmp_path / "c"))
+    decisions = [
+        Decisions(torch.tensor([3, 5]), torch.tensor([1.0, -1.0]), torch.tensor([0.0, 1.0]))
+    ]
+    monkeypatch.setattr(module, "_data_parallel_rank", lambda: 1)
+    task._commit(decisions, 0)
+    assert task.record.seen.sum() == 0 and task._next_update == 1
+    task._running_score = True  # --gglm-score running reads it on every rank
+    task._commit(decisions, 1)
+    assert task.record.seen.sum() == 2

@@ -214,6 +214,7 @@ class TranslationWithCleanSetTask(TranslationTask):
         self._decisions: List[Decisions] = []  # this update's, recorded once it is applied
         self._next_update = 0  # the update the record and the estimator are ready for
         self._gglm = False  # trained with the GGLM criterion: its state goes to checkpoints
+        self._running_score = False  # --gglm-score running: every rank reads the record
         self._resumed = False
         self._all_masked_run = 0  # consecutive recorded updates that masked everything
         self._shard_offset = 0  # epoch-sharded data: ids of earlier shards come first
@@ -403,6 +404,7 @@ class TranslationWithCleanSetTask(TranslationTask):
         if not isinstance(criterion, GradientMaskedCrossEntropyCriterion):
             return super().train_step(sample, model, criterion, optimizer, update_num, ignore_grad)
         self._gglm = True
+        self._running_score = criterion.running_score
         if not self._resumed:
             self._resume(update_num, model)
         if _starts_update(model):
@@ -449,9 +451,15 @@ class TranslationWithCleanSetTask(TranslationTask):
             )  # fmt: skip
         else:
             ids = ids + self._shard_offset
-        self.record.update(ids.numpy(), alignment.numpy(), masked.numpy(), update_num)
+        if self._holds_record():
+            self.record.update(ids.numpy(), alignment.numpy(), masked.numpy(), update_num)
         self._next_update = update_num + 1
         self._watch_all_masked(masked.numpy(), update_num)
+
+    def _holds_record(self) -> bool:
+        """Only the rank that writes checkpoints keeps the record, unless --gglm-score running
+        reads it for every rank's masks (at corpus scale it is 24 bytes per example)."""
+        return self._running_score or _data_parallel_rank() == 0
 
     def _watch_all_masked(self, masked: np.ndarray, update_num: int) -> None:
         if masked.size == 0:
@@ -525,7 +533,8 @@ class TranslationWithCleanSetTask(TranslationTask):
                 f"resumed at update {update_num}: pass the checkpoint you resume from with "
                 f"--restore-file"
             )
-        self.record = ExampleRecord.from_state_dict(gglm["record"])
+        if self._holds_record():
+            self.record = ExampleRecord.from_state_dict(gglm["record"])
         self.estimator.load_state_dict(
             gglm["clean_gradient"], trainable_parameters(_unwrapped(model))
         )

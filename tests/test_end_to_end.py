@@ -53,7 +53,7 @@ def test_preprocess_train_resume_generate_score(tmp_path):
     resumed = run(*train, "--max-update", "60", cwd=tmp_path)
     assert re.search(r"Loaded checkpoint ckpt/checkpoint_last\.pt \(epoch \d+ @ 30 updates\)",
                      resumed)  # fmt: skip
-    assert "restored the per-example record" in resumed
+    assert "restored the record and the clean-gradient state of update 30" in resumed
     record = ExampleRecord.load(str(tmp_path / "ckpt" / RECORD_FILE))
     assert record.update_num == 59 and len(record.history) == 60
 

@@ -237,11 +237,6 @@ class GradientMaskedCrossEntropyCriterion(LabelSmoothedCrossEntropyCriterion):
             ignore_prefix_size=cfg.ignore_prefix_size,
             report_accuracy=cfg.report_accuracy,
         )
-        if not hasattr(task, "estimator"):
-            raise GGLMUserError(
-                "--criterion gradient_masked_cross_entropy needs --task "
-                "translation_with_clean_set (the clean set gives the direction it masks by)"
-            )
         for name in ("gglm_interval", "gglm_vmap_chunk_size"):
             if getattr(cfg, name) < 1:
                 raise GGLMUserError(f"--{name.replace('_', '-')} must be >= 1")
@@ -275,7 +270,8 @@ class GradientMaskedCrossEntropyCriterion(LabelSmoothedCrossEntropyCriterion):
                 "--gglm-similarity cosine with a non-zero --gglm-threshold needs gradient "
                 "norms, which the jvp engine does not compute: use --gglm-engine vmap or loop"
             )
-        if task.estimator.settings.parameters and self.needs_norms:
+        estimator = getattr(task, "estimator", None)
+        if estimator is not None and estimator.settings.parameters and self.needs_norms:
             raise GGLMUserError(
                 "--gglm-parameters with --gglm-similarity cosine and a non-zero threshold "
                 "is not supported: the per-example gradient norms span all parameters"
@@ -387,6 +383,13 @@ class GradientMaskedCrossEntropyCriterion(LabelSmoothedCrossEntropyCriterion):
 
     def forward(self, model: nn.Module, sample: Dict[str, Any], reduce: bool = True):
         """The unmasked loss (validation, and training where the task gives no direction)."""
+        if model.training and not hasattr(self.task, "estimator"):
+            # fairseq's own train_step would train unmasked without a word: refuse instead.
+            # (Scripts may use the criterion's losses with any task.)
+            raise GGLMUserError(
+                "--criterion gradient_masked_cross_entropy needs --task "
+                "translation_with_clean_set (the clean set gives the direction it masks by)"
+            )
         loss, sample_size, logging_output, _ = self.masked_forward(model, sample, None)
         return loss, sample_size, logging_output
 

@@ -554,4 +554,16 @@ def load_task_state(path: str) -> Dict[str, Any]:
         state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as error:  # a truncated or foreign file: say which and why
         raise GGLMUserError(f"cannot read the checkpoint {path} ({error})") from None
-    return state.get("task_state") or {}
+    # Copies: fairseq copies its first checkpoint file onto checkpoint_last.pt in place, which
+    # would change arrays still mapped from it (measured: a corrupted record after resume).
+    return _copied(state.get("task_state") or {})
+
+
+def _copied(value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.clone()
+    if isinstance(value, dict):
+        return {key: _copied(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_copied(item) for item in value)
+    return value

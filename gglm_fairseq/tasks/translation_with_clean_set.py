@@ -367,9 +367,10 @@ class TranslationWithCleanSetTask(TranslationTask):
         if self.clean_batches is None:
             self.clean_batches = self.clean_batch_iterators(base)
         per_update = self.cfg.clean_batches_per_update
-        device = trainable_parameters(base)[0].device
 
         def batches(index: int) -> List[Dict[str, Any]]:
+            # Only when the estimator computes a new direction, not on every micro-batch.
+            device = trainable_parameters(base)[0].device
             found = [self.clean_batches.batch(index * per_update + k) for k in range(per_update)]
             found = [b for b in found if b and "net_input" in b]  # a tiny set's empty shard
             return [utils.move_to_cuda(b, device) if device.type == "cuda" else b for b in found]
@@ -444,13 +445,11 @@ class TranslationWithCleanSetTask(TranslationTask):
         ids = torch.cat([d.ids for d in decisions] or [torch.zeros(0, dtype=torch.long)])
         alignment = torch.cat([d.alignment.double() for d in decisions] or [torch.zeros(0)])
         masked = torch.cat([d.masked.double() for d in decisions] or [torch.zeros(0)])
-        if self._world_size() > 1:
-            ids, alignment, masked = gather_decisions(
-                ids + self._shard_offset, alignment.double(), masked.double(),
-                group=distributed_utils.get_data_parallel_group(),
-            )  # fmt: skip
-        else:
-            ids = ids + self._shard_offset
+        group = distributed_utils.get_data_parallel_group() if self._world_size() > 1 else None
+        # One process: gather_decisions hands its inputs back.
+        ids, alignment, masked = gather_decisions(
+            ids + self._shard_offset, alignment, masked, group=group
+        )
         if self._holds_record():
             self.record.update(ids.numpy(), alignment.numpy(), masked.numpy(), update_num)
         self._next_update = update_num + 1

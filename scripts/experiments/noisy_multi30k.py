@@ -56,7 +56,7 @@ import sys
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 from common import (
@@ -277,12 +277,18 @@ def interval_checkpoints(save_dir: Path) -> Dict[int, Path]:
     return dict(sorted(found.items()))
 
 
-def curve(name: str, work: Path, profile: Profile) -> List[Dict[str, float]]:
-    """Validation BLEU at every interval checkpoint, with the training seconds by then."""
+def curve(
+    name: str, work: Path, profile: Profile, last: Tuple[int, float]
+) -> List[Dict[str, float]]:
+    """Validation BLEU at every interval checkpoint, with the training seconds by then.
+    ``last``: the final update and the BLEU already scored there (not translated again)."""
     seconds = logged_seconds(work / "logs" / f"train-{name}.log")
     points = []
     for update, path in interval_checkpoints(work / "checkpoints" / name).items():
-        bleu = evaluate(name, work, profile, ("valid",), path)["valid"]["bleu"]
+        if update == last[0]:
+            bleu = last[1]
+        else:
+            bleu = evaluate(name, work, profile, ("valid",), path)["valid"]["bleu"]
         points.append(
             {
                 "updates": update,
@@ -461,7 +467,8 @@ def main(argv: List[str]) -> int:
         entry.update(evaluate(name, work, profile))
         add_output_shares(entry, name, work)
         if args.curve_every or name == "baseline-long":
-            entry["curve"] = curve(name, work, profile)
+            final = int(command[command.index("--max-update") + 1])
+            entry["curve"] = curve(name, work, profile, (final, entry["valid"]["bleu"]))
         summary = ", ".join(
             f"{label} BLEU {entry[label]['bleu']} chrF {entry[label]['chrf']}"
             for label in EVAL_SETS.values()

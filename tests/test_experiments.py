@@ -136,3 +136,49 @@ def test_baseline_long_contains_the_baseline_and_scores_a_curve(tmp_path):
     assert derived.keys() == trained.keys()
     for key in derived:
         assert torch.equal(derived[key], trained[key]), key
+
+
+@pytest.mark.skipif(not DATA.is_dir(), reason="../shared/data/multi30k is missing")
+def test_other_clean_sets_feed_gglm_and_fine_tuning(tmp_path):
+    """--clean-set: a newstest2021 folder (local files, laid out as the WMT release) or a
+    tiny slice of the default set becomes GGLM's and fine-tuning's clean split; the
+    systems get their own names, the baseline is shared."""
+    wmt21 = tmp_path / "wmt21"
+    wmt21.mkdir()
+    for name in ("newstest2021.en-de.src.en", "newstest2021.en-de.ref.A.de"):
+        lines = (DATA.parent / "wmt21" / name).read_text(encoding="utf-8").splitlines()[:20]
+        (wmt21 / name).write_text("\n".join(lines) + "\n", encoding="utf-8")
+    work = tmp_path / "work"
+
+    def runner(systems, *extra):
+        result = subprocess.run(
+            [sys.executable, str(REPO / "scripts" / "experiments" / "noisy_multi30k.py"),
+             "--profile", "smoke", "--work", str(work), "--noise", "0.4", "--seed", "1",
+             "--systems", systems, "--data", str(DATA), "--wmt21", str(wmt21), *extra],
+            capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+        assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+        return json.loads((work / "results.json").read_text())
+
+    runner("baseline")
+    runner("gglm,finetune,finetune-gglm", "--clean-set", "wmt21")
+    results = runner("finetune", "--clean-set", "val50")
+    systems = results["systems"]
+    assert set(systems) == {"baseline", "gglm-clean-wmt21", "finetune-clean-wmt21",
+                            "finetune-gglm-clean-wmt21", "finetune-clean-val50"}  # fmt: skip
+    assert results["data"]["clean_sets"] == {
+        "wmt21": {"pairs": 20,
+                  "text": "newstest2021 en-de (ref A) lines 0-19: news, another domain"},
+        "val50": {"pairs": 50, "text": "val lines 0-49"},
+    }  # fmt: skip
+    gglm = systems["gglm-clean-wmt21"]["train_command"]
+    assert gglm[gglm.index("--clean-subset") + 1] == "clean_wmt21"
+    tuned = systems["finetune-gglm-clean-wmt21"]["train_command"]
+    assert tuned[tuned.index("--train-subset") + 1] == "clean_wmt21"
+    assert tuned[tuned.index("--restore-file") + 1].endswith("gglm-clean-wmt21/checkpoint_last.pt")
+    assert systems["finetune-clean-val50"]["clean_set"] == "val50"
+    # fairseq itself loaded the new splits, with their sizes.
+    logs = work / "logs"
+    assert "clean_wmt21 en-de 20 examples" in (logs / "train-gglm-clean-wmt21.log").read_text()
+    assert "clean_val50 en-de 50 examples" in (logs / "train-finetune-clean-val50.log").read_text()
+    assert "detection" in systems["gglm-clean-wmt21"]

@@ -35,6 +35,12 @@ Systems (same model, same number of updates of the same batch size):
   (``oracle-mask``, a perfect mask) or a random share ``--noise`` of the sentences
   (``random-mask``): what masking costs at this budget, and what choosing well gains.
 
+``--clean-set NAME`` gives GGLM and the fine-tuned systems another clean set (their names
+get ``-clean-NAME``; the baseline is shared): ``val100``/``val50``, the first 100/50 of the
+default 500 pairs (a tiny clean set), or ``wmt21``, the first 500 pairs of newstest2021
+en-de (news: another domain than Multi30k's image captions), encoded with the same
+sentencepiece model and dictionary.
+
 ``--curve-every N`` keeps a checkpoint every N updates and scores validation BLEU at each,
 with the training seconds fairseq logged by then (``curve`` in the results): BLEU against
 training time per system.
@@ -98,6 +104,16 @@ SYSTEMS = (
 )
 # The fine-tuned systems start from these systems' last checkpoints.
 FINETUNED = {"finetune": "baseline", "finetune-gglm": "gglm"}
+# Systems that read the clean set (their names carry a non-default --clean-set).
+USE_CLEAN = ("gglm", "finetune", "finetune-gglm")
+WMT21_PAIRS = 500  # as many pairs as the default clean set
+# --clean-set NAME -> (source, first lines); "val500" is the default split "clean".
+CLEAN_SETS = {
+    "val500": ("multi30k", CLEAN_LINES),
+    "val100": ("multi30k", 100),
+    "val50": ("multi30k", 50),
+    "wmt21": ("wmt21", WMT21_PAIRS),
+}
 
 
 def prepare_data(args: argparse.Namespace, profile: Profile, work: Path) -> Dict[str, object]:
@@ -174,8 +190,53 @@ def prepare_data(args: argparse.Namespace, profile: Profile, work: Path) -> Dict
     }
 
 
+def clean_subset(args: argparse.Namespace) -> str:
+    return "clean" if args.clean_set == "val500" else f"clean_{args.clean_set}"
+
+
+def prepare_clean_set(args: argparse.Namespace, profile: Profile, work: Path) -> int:
+    """Binarise ``--clean-set`` (not the default) as the subset ``clean_NAME`` of ``WORK/bin``
+    with the experiment's sentencepiece model and dictionary; return its pairs."""
+    source, lines = CLEAN_SETS[args.clean_set]
+    subset, bin_dir = clean_subset(args), work / "bin"
+    if (bin_dir / f"{subset}.{SRC}-{TGT}.{SRC}.bin").exists():
+        return len(read_lines(work / "text" / f"{subset}.{SRC}"))
+    text, spm_dir = work / "text", work / "spm"
+    if source == "wmt21":
+        folder = Path(args.wmt21)
+        pairs = {SRC: read_lines(folder / f"newstest2021.{SRC}-{TGT}.src.{SRC}", lines),
+                 TGT: read_lines(folder / f"newstest2021.{SRC}-{TGT}.ref.A.{TGT}", lines)}
+    else:
+        pairs = {lang: read_lines(Path(args.data) / f"val.{lang}", lines) for lang in (SRC, TGT)}
+    for lang, sentences in pairs.items():
+        write_lines(text / f"{subset}.{lang}", sentences)
+        encode(spm_dir / "spm.model", text / f"{subset}.{lang}", spm_dir / f"{subset}.{lang}")
+    staging = work / f"bin-{subset}"
+    shutil.rmtree(staging, ignore_errors=True)
+    preprocess(
+        staging,
+        ["-s", SRC, "-t", TGT, "--validpref", str(spm_dir / subset),
+         "--srcdict", str(bin_dir / f"dict.{SRC}.txt"),
+         "--tgtdict", str(bin_dir / f"dict.{TGT}.txt")],
+        work / "logs" / f"preprocess-{subset}.log",
+    )  # fmt: skip
+    for path in staging.glob("valid.*"):
+        path.rename(bin_dir / path.name.replace("valid", subset, 1))
+    shutil.rmtree(staging)
+    log(f"clean set {args.clean_set}: {len(pairs[SRC])} pairs as subset {subset}")
+    return len(pairs[SRC])
+
+
+def clean_set_text(args: argparse.Namespace, pairs: int) -> str:
+    """What ``--clean-set`` is, for the results page."""
+    source, _ = CLEAN_SETS[args.clean_set]
+    if source == "wmt21":
+        return f"newstest2021 en-de (ref A) lines 0-{pairs - 1}: news, another domain"
+    return f"val lines 0-{pairs - 1}"
+
+
 def system_command(name: str, args: argparse.Namespace, profile: Profile, work: Path) -> List[str]:
-    kind = "gglm" if name.startswith("gglm") else name
+    kind = args.kinds.get(name, name)
     data = work / ("bin-oracle" if kind == "oracle" else "bin")
     command = train_args(data, work / "checkpoints" / name, profile, args.seed, SRC, TGT)
     if kind not in FINETUNED and (args.curve_every or kind == "baseline-long"):
@@ -190,7 +251,7 @@ def system_command(name: str, args: argparse.Namespace, profile: Profile, work: 
             command = _set(command, "--max-tokens", str(args.candidate_max_tokens))
             command += ["--clean-max-tokens", str(profile.max_tokens // 4)]
         return command + [
-            "--task", "translation_with_clean_set", "--clean-subset", "clean",
+            "--task", "translation_with_clean_set", "--clean-subset", clean_subset(args),
             "--criterion", "gradient_masked_cross_entropy", *shlex.split(args.gglm_args),
         ]  # fmt: skip
     if kind.endswith("-mask"):
@@ -200,7 +261,7 @@ def system_command(name: str, args: argparse.Namespace, profile: Profile, work: 
     if kind == "baseline-long":
         return command
     if kind in FINETUNED:
-        base = work / "checkpoints" / FINETUNED[kind] / "checkpoint_last.pt"
+        base = work / "checkpoints" / args.starts[name] / "checkpoint_last.pt"
         # Replace the budget and schedule: a few updates on the clean split at a fixed lr.
         command = _set(command, "--max-update", str(profile.finetune_updates))
         command = _set(command, "--lr", f"{final_lr(profile):.6g}")
@@ -208,8 +269,8 @@ def system_command(name: str, args: argparse.Namespace, profile: Profile, work: 
         command = [c for c in command if c not in ("--warmup-init-lr", "1e-07")]
         command = _set(command, "--warmup-updates", "0")
         command += [
-            "--train-subset", "clean", "--restore-file", str(base), "--reset-optimizer",
-            "--reset-dataloader", "--reset-meters", "--reset-lr-scheduler",
+            "--train-subset", clean_subset(args), "--restore-file", str(base),
+            "--reset-optimizer", "--reset-dataloader", "--reset-meters", "--reset-lr-scheduler",
         ]  # fmt: skip
     return command
 
@@ -404,6 +465,15 @@ def parse_args(argv: List[str]) -> argparse.Namespace:
         help="baseline-long trains this many times the updates (default 1.5: GGLM's time per "
         "update at its defaults, measured by scripts/bench_train.py)",
     )  # fmt: skip
+    parser.add_argument(
+        "--clean-set", choices=sorted(CLEAN_SETS), default="val500",
+        help="the clean set of GGLM and the fine-tuned systems (default val500: val lines "
+        "0-499); another one adds -clean-NAME to their names",
+    )  # fmt: skip
+    parser.add_argument(
+        "--wmt21", default=str(REPO / ".." / "shared" / "data" / "wmt21"),
+        help="newstest2021 folder for --clean-set wmt21 (default ../shared/data/wmt21)",
+    )  # fmt: skip
     parser.add_argument("--force", action="store_true", help="retrain systems already scored")
     parser.add_argument(
         "--rescore",
@@ -420,7 +490,20 @@ def parse_args(argv: List[str]) -> argparse.Namespace:
             "--curve-every must divide the profile's updates (baseline-long needs "
             "a checkpoint at the baseline's budget)"
         )
-    args.system_names = [f"gglm-{args.tag}" if s == "gglm" and args.tag else s for s in systems]
+    suffix = "" if args.clean_set == "val500" else f"-clean-{args.clean_set}"
+
+    def named(kind: str) -> str:
+        name = f"gglm-{args.tag}" if kind == "gglm" and args.tag else kind
+        return name + suffix if kind in USE_CLEAN else name
+
+    args.system_names = [named(s) for s in systems]
+    args.kinds = dict(zip(args.system_names, systems))
+    # finetune-gglm starts from the untagged GGLM with the same clean set.
+    args.starts = {
+        named(s): FINETUNED[s] + (suffix if FINETUNED[s] in USE_CLEAN else "")
+        for s in systems
+        if s in FINETUNED
+    }
     return args
 
 
@@ -433,6 +516,11 @@ def main(argv: List[str]) -> int:
     results_path, results = open_results(work, "noisy_multi30k", setting, profile, argv)
     if "data" not in results or not (work / "bin" / f"dict.{SRC}.txt").exists():
         results["data"] = prepare_data(args, profile, work)
+        save_results(results_path, results)
+    if args.clean_set != "val500":
+        pairs = prepare_clean_set(args, profile, work)
+        results["data"].setdefault("clean_sets", {})[args.clean_set] = {
+            "pairs": pairs, "text": clean_set_text(args, pairs)}
         save_results(results_path, results)
 
     systems = results.setdefault("systems", {})
@@ -452,7 +540,7 @@ def main(argv: List[str]) -> int:
                 systems[name]["detection"] = detection(name, work)
             save_results(results_path, results)
             continue
-        start = FINETUNED.get(name)
+        start = args.starts.get(name)
         if start and not (work / "checkpoints" / start / "checkpoint_last.pt").exists():
             raise SystemExit(f"{name} needs {start}: run --systems {start} first")
         shutil.rmtree(work / "checkpoints" / name, ignore_errors=True)
@@ -461,9 +549,11 @@ def main(argv: List[str]) -> int:
         log(f"{name}: trained in {train_seconds:.0f} s")
         entry: Dict[str, object] = {
             "train_command": command,
-            "gglm_args": args.gglm_args if name.startswith("gglm") else "",
+            "gglm_args": args.gglm_args if args.kinds[name] == "gglm" else "",
             "train_seconds": round(train_seconds, 1),
         }
+        if args.kinds[name] in USE_CLEAN:
+            entry["clean_set"] = args.clean_set
         entry.update(evaluate(name, work, profile))
         add_output_shares(entry, name, work)
         if args.curve_every or name == "baseline-long":
@@ -474,7 +564,7 @@ def main(argv: List[str]) -> int:
             for label in EVAL_SETS.values()
         )
         log(f"{name}: {summary} (generation {entry['generate_seconds']} s)")
-        if name.startswith("gglm"):
+        if args.kinds[name] == "gglm":
             entry["detection"] = detection(name, work)
             aucs = entry["detection"]["mask_rate"]
             listed = ", ".join(f"{k} {v:.3f}" for k, v in aucs.items())

@@ -73,3 +73,68 @@ def test_seeds_section_means_paired_differences_and_the_curve(tmp_path):
     assert "| gglm − finetune | valid | -1.25 ± 1.06 (n=2) | -2.00, -0.50 | yes |" in lines
     assert (tmp_path / "results_m30k-full-p0.4_seeds_curve.png").stat().st_size > 0
     assert seeds_section([seeded(1, 12.0, 14.0)], tmp_path) == []  # one seed: no section
+
+
+def test_other_clean_sets_sit_beside_the_default_and_stay_out_of_the_variants():
+    from make_results import asked_systems, clean_sets_section
+
+    wmt21 = {"clean_set": "wmt21", "train_seconds": 120.0,
+             "detection": {"mask_rate": {"all": 0.6}, "mean_mask_rate": {"clean": 0.25}}}
+    results = run(0.4, {
+        "baseline": entry(10.0, 10.0),
+        "gglm": entry(12.0, 13.0),
+        "finetune": entry(14.0, 15.0),
+        "gglm-clean-wmt21": entry(11.0, 11.5) | wmt21,
+        "finetune-clean-wmt21": entry(8.0, 9.0) | {"clean_set": "wmt21"},
+    })  # fmt: skip
+    results["data"] = {"clean_set": "val lines 0-499",
+                       "clean_sets": {"wmt21": {"pairs": 500, "text": "newstest2021"}}}
+    lines = clean_sets_section([results])
+    assert lines[0] == "## Other clean sets: noisy Multi30k, noise 0.4, profile quick, seed 1"
+    rows = {line.split(" | ")[0]: line for line in lines if line.startswith("| ")}
+    assert rows["| val500: val lines 0-499"].split(" | ")[1:4] == [
+        "12.00 / 13.00 / 13.00 (Δ +3.00 / +3.00)", "14.00 / 15.00 / 15.00 (Δ +5.00 / +5.00)",
+        "not run"]  # fmt: skip
+    assert rows["| wmt21: newstest2021"].split(" | ")[1:] == [
+        "11.00 / 11.50 / 11.50 (Δ +1.50 / +1.50)", "8.00 / 9.00 / 9.00 (Δ -1.00 / -1.00)",
+        "not run", "0.600", "25.0%", "2.0 |"]  # fmt: skip
+    # No run with another clean set: no section; and such a GGLM is not a variant.
+    assert clean_sets_section(RUNS) == []
+    names = [row.split(" | ")[1] for row in variants_section([results]) if row.startswith("| q")]
+    assert names == ["gglm", "baseline"]
+    results["commands"] = [
+        "noisy_multi30k.py --systems gglm,finetune,baseline --clean-set val50 --tag x"]
+    assert asked_systems(results) == ["gglm-x-clean-val50", "finetune-clean-val50", "baseline"]
+
+
+def test_run_all_page_only_archives_the_results_and_reads_the_archive_back(tmp_path):
+    """run_all.sh --page-only trains nothing: it makes the page from the results files, copies
+    each to DOCS/data/KEY.json, and takes a run that is no longer on disk from that copy."""
+    import json
+    import shutil
+    import subprocess
+
+    runs, docs = tmp_path / "runs", tmp_path / "docs"
+    for seed, work in ((1, "m30k-full-p0.4"), (2, "m30k-full-p0.4-s2")):
+        results = seeded(seed, 12.0 + seed, 14.0) | {"experiment": "noisy_multi30k"}
+        for name in results["systems"]:
+            results["systems"][name]["valid"]["bleu_signature"] = "nrefs:1"
+            results["systems"][name]["valid"]["chrf_signature"] = "nrefs:1"
+        (runs / work).mkdir(parents=True)
+        (runs / work / "results.json").write_text(json.dumps(results))
+    command = ["bash", str(REPO / "scripts" / "experiments" / "run_all.sh"), "--page-only",
+               "--profiles", "full", "--seeds", "1 2", "--clean-sets", "", "--runs", str(runs),
+               "--docs", str(docs)]  # fmt: skip
+
+    def page() -> str:
+        made = subprocess.run(command, capture_output=True, text=True, timeout=120)
+        assert made.returncode == 0, made.stderr[-3000:]
+        return (docs / "results.md").read_text()
+
+    first = page()
+    assert "## Over seeds: noisy Multi30k, noise 0.4, profile full" in first
+    assert sorted(p.name for p in (docs / "data").iterdir()) == [
+        "m30k-full-p0.4-s2.json", "m30k-full-p0.4.json"]  # fmt: skip
+    assert "probe-baseline.json" in first  # not run, and listed as such
+    shutil.rmtree(runs)
+    assert page() == first  # the same page, from the archive

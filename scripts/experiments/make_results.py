@@ -27,6 +27,9 @@ NOISE_TYPES = ("misaligned", "untranslated", "wrong_language", "truncated", "shu
 PARACRAWL_LABELS = ("F", "E", "MT", "A", "T", "L")
 RELEASES = ("v3", "v6", "v6.2", "v7")
 # The controls of noisy_multi30k.py, and what each trains on in an update of the same size.
+# The runner's default --clean-set, and the systems whose names carry another one.
+DEFAULT_CLEAN = "val500"
+CLEAN_USERS = ("gglm", "finetune", "finetune-gglm")
 CONTROLS = {
     "baseline": "every pair of the noisy batch",
     "random-mask": "the noisy batch with a random share p of its sentences masked",
@@ -181,15 +184,24 @@ def multi30k_section(results: Dict, key: str, docs: Path) -> List[str]:
 
 
 def asked_systems(results: Dict) -> List[str]:
-    """The systems the runner's commands asked for, in order (``gglm`` named by ``--tag``)."""
+    """The systems the runner's commands asked for, in order (named as the runner names them:
+    ``gglm`` by ``--tag``, the clean set's users by a non-default ``--clean-set``)."""
     names: List[str] = []
     for command in results.get("commands", []):
         words = shlex.split(command)
         tag = words[words.index("--tag") + 1] if "--tag" in words else ""
+        clean = words[words.index("--clean-set") + 1] if "--clean-set" in words else DEFAULT_CLEAN
+        suffix = "" if clean == DEFAULT_CLEAN else f"-clean-{clean}"
         if "--systems" in words:
             for name in words[words.index("--systems") + 1].split(","):
-                names.append(f"gglm-{tag}" if name == "gglm" and tag else name)
+                named = f"gglm-{tag}" if name == "gglm" and tag else name
+                names.append(named + suffix if name in CLEAN_USERS else named)
     return list(dict.fromkeys(names))
+
+
+def clean_set(entry: Dict) -> str:
+    """The clean set a system used (entries written before --clean-set used the default)."""
+    return entry.get("clean_set", DEFAULT_CLEAN)
 
 
 def targets(systems: Dict) -> List[str]:
@@ -263,7 +275,8 @@ def variants_section(runs: List[Dict]) -> List[str]:
     for results in runs:
         # Ranked within each run: a variant is compared only with systems on the same data.
         entries = [(name, entry) for name, entry in results.get("systems", {}).items()
-                   if name.startswith("gglm") or name == "baseline"]  # fmt: skip
+                   if (name.startswith("gglm") and clean_set(entry) == DEFAULT_CLEAN)
+                   or name == "baseline"]  # fmt: skip
         entries.sort(key=lambda item: -item[1]["valid"]["bleu"])
         rows += [(results["setting"], name, entry) for name, entry in entries]
     if not rows:
@@ -510,6 +523,49 @@ def seeds_section(runs: List[Dict], docs: Path) -> List[str]:
     return lines
 
 
+def clean_sets_section(runs: List[Dict]) -> List[str]:
+    """GGLM and fine-tuning with other clean sets (another domain, tiny sets) beside the
+    default one, on the same noisy data; the baseline is shared."""
+    lines: List[str] = []
+    for results in runs:
+        systems = results.get("systems", {})
+        others = results.get("data", {}).get("clean_sets", {})
+        if not others or "baseline" not in systems:
+            continue
+        setting = results["setting"]
+        described = {DEFAULT_CLEAN: {"pairs": None, "text": results["data"].get("clean_set")},
+                     **others}  # fmt: skip
+        baseline = systems["baseline"]
+        lines += [f"## Other clean sets: noisy Multi30k, noise {setting['noise']}, profile "
+                  f"{setting['profile']}, seed {setting['seed']}", "",
+                  "Fine-tuning trains on the clean set; GGLM uses it only as a direction. "
+                  "Same noisy data, model and budgets as the default clean set; the baseline "
+                  "(trained without a clean set) is shared. BLEU as valid / "
+                  f"{TESTS[0]} / {TESTS[1]}; Δ = minus the baseline on the two tests.", ""]
+        rows = [["none (baseline)", "", " / ".join(fmt(baseline[s]["bleu"]) for s in SETS),
+                 "", "", "", "", ""]]  # fmt: skip
+        for name, about in described.items():
+            suffix = "" if name == DEFAULT_CLEAN else f"-clean-{name}"
+            row = [f"{name}: {about['text']}"]
+            for system in CLEAN_USERS:
+                entry = systems.get(system + suffix)
+                if entry is None or clean_set(entry) != name:
+                    row.append("not run")
+                    continue
+                delta = " / ".join(f"{entry[t]['bleu'] - baseline[t]['bleu']:+.2f}"
+                                   for t in TESTS)  # fmt: skip
+                row.append(" / ".join(fmt(entry[s]["bleu"]) for s in SETS) + f" (Δ {delta})")
+            detection = systems.get("gglm" + suffix, {}).get("detection", {})
+            row.append(fmt(detection.get("mask_rate", {}).get("all"), 3))
+            row.append(percent(detection.get("mean_mask_rate", {}).get("clean")))
+            row.append(minutes(systems.get("gglm" + suffix, {}).get("train_seconds")))
+            rows.append(row)
+        header = ["clean set", *CLEAN_USERS, "GGLM AUC (mask rate)", "GGLM: clean pairs masked",
+                  "GGLM train min"]  # fmt: skip
+        lines += table(header, rows) + [""]
+    return lines
+
+
 def main(argv: List[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument(
@@ -527,7 +583,9 @@ def main(argv: List[str]) -> int:
         if path in missing:
             continue  # a run that did not finish: listed in the document instead
         results = json.loads(Path(path).read_text(encoding="utf-8"))
-        results["_key"] = Path(path).parent.name
+        # runs/KEY/results.json, or an archived copy named KEY.json
+        file = Path(path)
+        results["_key"] = file.parent.name if file.name == "results.json" else file.stem
         runs.append(results)
     lines = [
         "# Results",
@@ -544,6 +602,7 @@ def main(argv: List[str]) -> int:
     for results in multi30k:
         lines += multi30k_section(results, results["_key"], docs)
     lines += seeds_section(multi30k, docs)
+    lines += clean_sets_section(multi30k)
     lines += noise_levels_section(multi30k)
     lines += variants_section(multi30k)
     for results in runs:

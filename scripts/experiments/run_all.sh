@@ -3,6 +3,7 @@
 #
 #   scripts/experiments/run_all.sh [--profiles "quick full"] [--runs DIR] [--variants "adam ema"]
 #                                  [--noise-levels "0.2 0"] [--seeds "1 2 3"]
+#                                  [--clean-sets "wmt21 val100 val50"] [--page-only] [--docs docs]
 #
 # Steps (each skips what its results.json already holds with the same command):
 #   quick (all systems in ~20-40 min on 2 cores):
@@ -17,8 +18,12 @@
 #   full (about 2 h per seed on 2 cores): noisy Multi30k, noise 0.4, for each of --seeds
 #     (default "1 2 3"): baseline-long (which also scores baseline), gglm, finetune,
 #     finetune-gglm (and oracle for seed 1), validation BLEU every 260 updates; the alignment
-#     probe of seed 1's baseline; the results page adds means over seeds and the BLEU-vs-time plot
-#   last: scripts/experiments/make_results.py -> docs/results.md and docs/*.png
+#     probe of seed 1's baseline; the results page adds means over seeds and the BLEU-vs-time plot;
+#     then, on seed 1's data, gglm, finetune and finetune-gglm with each of --clean-sets (another
+#     domain: newstest2021; tiny: 100 and 50 pairs), beside the default clean set
+#   last: scripts/experiments/make_results.py -> DOCS/results.md and DOCS/*.png; each results
+#     file is archived as DOCS/data/KEY.json, and a run whose results are not on this machine
+#     is taken from that archive (--page-only: no training, only the page)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -28,6 +33,9 @@ variants="adam warmup clean-all ema running token cross-attention"
 variants+=" keep-tokens soft batch-mean batch-quantile"
 noise_levels="0.2 0"
 seeds="1 2 3"
+clean_sets="wmt21 val100 val50"
+page_only=0
+docs=docs
 while [ $# -gt 0 ]; do
   case "$1" in
     --profiles) profiles="$2"; shift 2 ;;
@@ -35,6 +43,9 @@ while [ $# -gt 0 ]; do
     --variants) variants="$2"; shift 2 ;;
     --noise-levels) noise_levels="$2"; shift 2 ;;
     --seeds) seeds="$2"; shift 2 ;;
+    --clean-sets) clean_sets="$2"; shift 2 ;;
+    --page-only) page_only=1; shift ;;
+    --docs) docs="$2"; shift 2 ;;
     *) echo "unknown argument: $1" >&2; exit 2 ;;
   esac
 done
@@ -60,10 +71,14 @@ declare -A runner_flags=(
 )
 
 results=()
+# Every runner step below is skipped with --page-only (the results files are only listed).
+runner() {
+  [ "$page_only" = 1 ] || python "$@"
+}
 # Which parameters and which clean gradient detect the noise, at the baseline's last checkpoint.
 probe() {
   [ -f "$1/probe-baseline.json" ] || \
-    python scripts/experiments/alignment_probe.py --work "$1" --system baseline --pairs 1000
+    runner scripts/experiments/alignment_probe.py --work "$1" --system baseline --pairs 1000
   results+=("$1/probe-baseline.json")
 }
 for profile in $profiles; do
@@ -80,23 +95,27 @@ for profile in $profiles; do
       else
         systems="$systems,oracle"
       fi
-      python scripts/experiments/noisy_multi30k.py --profile full --work "$work" \
+      runner scripts/experiments/noisy_multi30k.py --profile full --work "$work" \
         --noise 0.4 --seed "$seed" --systems "$systems" --curve-every 260
     done
     probe "$m30k"
+    for clean in $clean_sets; do
+      runner scripts/experiments/noisy_multi30k.py --profile full --work "$m30k" --noise 0.4 \
+        --seed 1 --systems gglm,finetune,finetune-gglm --clean-set "$clean" --curve-every 260
+    done
     continue
   fi
-  python scripts/experiments/noisy_multi30k.py --profile "$profile" --work "$m30k" \
+  runner scripts/experiments/noisy_multi30k.py --profile "$profile" --work "$m30k" \
     --noise 0.4 --seed 1 --systems baseline,gglm,oracle,finetune,finetune-gglm,oracle-mask,random-mask
   # quick: half the updates for ParaCrawl (the runs shared 2 cores with other jobs).
   paracrawl_updates=()
   [ "$profile" = quick ] && paracrawl_updates=(--updates 150)
-  python scripts/experiments/paracrawl_human.py --profile "$profile" \
+  runner scripts/experiments/paracrawl_human.py --profile "$profile" \
     --work "$runs/paracrawl-$profile" "${paracrawl_updates[@]}"
   results+=("$runs/paracrawl-$profile/results.json")
   for name in $variants; do
     # shellcheck disable=SC2086  # the runner flags are several words on purpose
-    python scripts/experiments/noisy_multi30k.py --profile "$profile" --work "$m30k" \
+    runner scripts/experiments/noisy_multi30k.py --profile "$profile" --work "$m30k" \
       --noise 0.4 --seed 1 --systems gglm --tag "$name" --gglm-args "${flags[$name]}" \
       ${runner_flags[$name]:-}
   done
@@ -104,10 +123,26 @@ for profile in $profiles; do
   for noise in $noise_levels; do
     systems=baseline,gglm,oracle,finetune
     [ "$noise" = 0 ] && systems=baseline,gglm,finetune
-    python scripts/experiments/noisy_multi30k.py --profile "$profile" \
+    runner scripts/experiments/noisy_multi30k.py --profile "$profile" \
       --work "$runs/m30k-$profile-p$noise" --noise "$noise" --seed 1 --systems "$systems"
     results+=("$runs/m30k-$profile-p$noise/results.json")
   done
 done
-python scripts/experiments/make_results.py "${results[@]}" --out docs/results.md \
+# Archive each results file (small JSON) so the page can be made again where the runs are
+# gone; a run missing here is taken from the archive.
+page=()
+mkdir -p "$docs/data"
+for file in "${results[@]}"; do
+  key=$(basename "$(dirname "$file")")
+  [ "$(basename "$file")" = results.json ] || key="$key.$(basename "$file" .json)"
+  if [ -f "$file" ]; then
+    cp "$file" "$docs/data/$key.json"
+    page+=("$file")
+  elif [ -f "$docs/data/$key.json" ]; then
+    page+=("$docs/data/$key.json")
+  else
+    page+=("$file")  # listed as not run
+  fi
+done
+python scripts/experiments/make_results.py "${page[@]}" --out "$docs/results.md" \
   --command "scripts/experiments/run_all.sh --profiles \"$profiles\""

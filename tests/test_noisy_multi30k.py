@@ -37,3 +37,23 @@ def test_candidate_max_tokens_enlarges_gglm_batches_only(tmp_path):
     plain = parse_args(["--work", str(tmp_path)])
     default = system_command("gglm", plain, profile, tmp_path)
     assert flag(default, "--max-tokens") == "4096" and "--clean-max-tokens" not in default
+
+
+def test_a_second_runner_on_the_same_folder_is_refused(tmp_path):
+    """Two runners on one --work would delete each other's checkpoints: the second stops."""
+    import subprocess
+
+    from common import lock_work
+
+    lock_work(tmp_path)
+    scripts = str(Path(__file__).parents[1] / "scripts" / "experiments")
+    script = (f"import sys; sys.path.insert(0, {scripts!r}); from pathlib import Path; "
+              f"from common import lock_work; lock_work(Path({str(tmp_path)!r}))")  # fmt: skip
+    second = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert second.returncode == 1
+    assert "is in use by another runner" in second.stderr
+    other = tmp_path / "other"
+    other.mkdir()
+    free = subprocess.run([sys.executable, "-c", script.replace(str(tmp_path), str(other))],
+                          capture_output=True, text=True)  # fmt: skip
+    assert free.returncode == 0, free.stderr

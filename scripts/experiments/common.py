@@ -7,6 +7,7 @@ puts the folder on ``sys.path``).
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
@@ -309,11 +310,34 @@ def profile_dict(profile: Profile) -> Dict[str, object]:
     return asdict(profile)
 
 
+_LOCKS: List[object] = []  # open lock files, held for the life of the process
+
+
+def lock_work(work: Path) -> None:
+    """Take ``WORK/.lock`` or stop, naming the process that holds it."""
+    lock = open(work / ".lock", "a+", encoding="utf-8")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.seek(0)
+        raise SystemExit(
+            f"{work} is in use by another runner (pid {lock.read().strip() or '?'}); "
+            "wait for it or use another --work"
+        ) from None
+    lock.truncate(0)
+    lock.write(str(os.getpid()))
+    lock.flush()
+    _LOCKS.append(lock)
+
+
 def open_results(
     work: Path, experiment: str, setting: Dict[str, object], profile: Profile,
     argv: Sequence[str],
 ) -> Tuple[Path, Dict[str, object]]:
-    """The run's results JSON, checked against ``setting`` and stamped with this command."""
+    """The run's results JSON, checked against ``setting`` and stamped with this command.
+    Holds ``WORK/.lock`` until the process ends: a second runner on the same folder would
+    delete the first one's checkpoints and overwrite its logs."""
+    lock_work(work)
     results_path = work / "results.json"
     results = load_results(results_path)
     if results and results.get("setting") != setting:

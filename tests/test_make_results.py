@@ -39,8 +39,11 @@ def test_noise_levels_table_rows_by_noise_with_gain_and_mask_rates():
     assert rows[1] == "| quick | 0.0 | 20.00 | 19.50 | – | – | – | -1.00 / -1.00 | 0.200 | – |"
 
 
-def test_noise_levels_table_needs_two_runs():
+def test_noise_levels_table_needs_two_runs_of_seed_one():
     assert noise_levels_section(RUNS[1:]) == []
+    other_seed = run(0.2, RUNS[1]["systems"]) | {"setting": {"profile": "quick", "noise": 0.2,
+                                                             "seed": 2}}  # fmt: skip
+    assert noise_levels_section(RUNS[1:] + [other_seed]) == []
 
 
 def test_variants_are_ranked_within_their_run():
@@ -91,6 +94,7 @@ def test_other_clean_sets_sit_beside_the_default_and_stay_out_of_the_variants():
                        "clean_sets": {"wmt21": {"pairs": 500, "text": "newstest2021"}}}
     lines = clean_sets_section([results])
     assert lines[0] == "## Other clean sets: noisy Multi30k, noise 0.4, profile quick, seed 1"
+    assert "is shared: BLEU 10.00 / 10.00 / 10.00 (valid" in lines[2]
     rows = {line.split(" | ")[0]: line for line in lines if line.startswith("| ")}
     assert rows["| val500: val lines 0-499"].split(" | ")[1:4] == [
         "12.00 / 13.00 / 13.00 (Δ +3.00 / +3.00)", "14.00 / 15.00 / 15.00 (Δ +5.00 / +5.00)",

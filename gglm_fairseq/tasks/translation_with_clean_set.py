@@ -46,8 +46,8 @@ logger = logging.getLogger(__name__)
 # The key of GGLM's state (record, clean-gradient estimator) in a checkpoint's task_state.
 STATE_KEY = "gglm"
 # Warn once when at least MOSTLY_MASKED of the examples of the last MASKED_WINDOW recorded
-# updates were masked: measured, a clean set from another domain masks ~99% and trains on
-# next to nothing (docs/results.md).
+# updates were masked: measured, a clean set from another domain masked 87% of the pairs
+# (99% of each batch by the end) and the model learnt next to nothing (docs/results.md).
 MASKED_WINDOW = 20
 MOSTLY_MASKED = 0.9
 CLEAN_BATCH_SHARE = 4  # the default clean batch: 1/4 of the training batch
@@ -476,8 +476,9 @@ class TranslationWithCleanSetTask(TranslationTask):
             logger.warning(
                 "gglm: %.0f%% of the training examples were masked over the last %d updates "
                 "(up to update %d): little is trained on; check that the clean set matches "
-                "the training data (domain, language direction, preprocessing; a news clean "
-                "set for image captions masked 99%%) or lower --gglm-threshold",
+                "the training data (domain, language direction, preprocessing: a news clean "
+                "set for image captions masked 99%% of each batch by the end of training) or "
+                "lower --gglm-threshold",
                 100 * share, MASKED_WINDOW, update_num,
             )  # fmt: skip
 

@@ -90,6 +90,7 @@ from gglm_fairseq.noise import CLEAN, corrupt
 from gglm_fairseq.report import detection_auc
 
 SRC, TGT, THIRD = "en", "de", "fr"
+SHARED_DATA = REPO / ".." / "shared" / "data"
 CLEAN_LINES = 500  # val lines [0, 500) form the clean set, [500, 1014) the validation set
 EVAL_SETS = {"valid": "valid", "test": "test_2016_flickr", "test1": "test_2017_flickr"}
 SYSTEMS = (
@@ -453,7 +454,7 @@ def parse_args(argv: List[str]) -> argparse.Namespace:
         "--gglm-keep-tokens; the clean batch keeps a quarter of the profile's); 0: off",
     )  # fmt: skip
     parser.add_argument(
-        "--data", default=str(REPO / ".." / "shared" / "data" / "multi30k"),
+        "--data", default=str(SHARED_DATA / "multi30k"),
         help="Multi30k raw text folder (default ../shared/data/multi30k from the repo root)",
     )  # fmt: skip
     parser.add_argument(
@@ -471,7 +472,7 @@ def parse_args(argv: List[str]) -> argparse.Namespace:
         "0-499); another one adds -clean-NAME to their names",
     )  # fmt: skip
     parser.add_argument(
-        "--wmt21", default=str(REPO / ".." / "shared" / "data" / "wmt21"),
+        "--wmt21", default=str(SHARED_DATA / "wmt21"),
         help="newstest2021 folder for --clean-set wmt21 (default ../shared/data/wmt21)",
     )  # fmt: skip
     parser.add_argument("--force", action="store_true", help="retrain systems already scored")

@@ -515,7 +515,8 @@ def seeds_section(runs: List[Dict], docs: Path) -> List[str]:
             lines += table(["difference", "set", "mean ± sd", "per seed",
                             "|mean| > sd"], rows) + [""]  # fmt: skip
             lines += ["A difference is called real here only when its mean exceeds the seed "
-                      "spread (|mean| > sd); with two seeds that is a weak test.", ""]  # fmt: skip
+                      f"spread (|mean| > sd); with {len(group)} seeds that is a weak test.",
+                      ""]  # fmt: skip
         plot = docs / f"results_m30k-{profile}-p{noise}_seeds_curve.png"
         if curve_plot(group, plot):
             lines += [f"![validation BLEU against training time]({plot.name})", "",

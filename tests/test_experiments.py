@@ -182,3 +182,51 @@ def test_other_clean_sets_feed_gglm_and_fine_tuning(tmp_path):
     assert "clean_wmt21 en-de 20 examples" in (logs / "train-gglm-clean-wmt21.log").read_text()
     assert "clean_val50 en-de 50 examples" in (logs / "train-finetune-clean-val50.log").read_text()
     assert "detection" in systems["gglm-clean-wmt21"]
+
+
+@pytest.mark.skipif(not DATA.is_dir(), reason="../shared/data/multi30k is missing")
+def test_setup_changes_reach_every_system_and_need_their_own_work(tmp_path):
+    """--dropout and --subword-data clean: named in the setting, in every training command
+    and in what sentencepiece learned from; the default setup cannot reuse the folder."""
+
+    def runner(*extra):
+        return subprocess.run(
+            [sys.executable, str(REPO / "scripts" / "experiments" / "noisy_multi30k.py"),
+             "--profile", "smoke", "--work", str(tmp_path), "--noise", "0.4", "--seed", "1",
+             "--data", str(DATA), *extra],
+            capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+
+    result = runner("--systems", "baseline,gglm", "--dropout", "0.3", "--subword-data", "clean")
+    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["setting"] == {"profile": "smoke", "noise": 0.4, "seed": 1, "dropout": 0.3,
+                                  "subword_data": "clean"}  # fmt: skip
+    assert results["profile_config"]["dropout"] == 0.3
+    for entry in results["systems"].values():
+        command = entry["train_command"]
+        assert command[command.index("--dropout") + 1] == "0.3"
+    assert results["data"]["sentencepiece"]["on"] == "train en+de before the noise"
+    text = tmp_path / "text"
+    original = (DATA / "train.de").read_text(encoding="utf-8").splitlines()[:400]
+    assert (text / "uncorrupted.de").read_text(encoding="utf-8").splitlines() == original
+    assert (text / "train.de").read_text(encoding="utf-8").splitlines() != original  # noisy
+
+    again = runner("--systems", "baseline")  # the default setup: another --work
+    assert again.returncode != 0 and "use another --work" in again.stderr
+
+
+def test_trained_tokens_are_what_the_mask_left_up_to_the_budget(tmp_path):
+    from noisy_multi30k import trained_tokens
+
+    log = tmp_path / "train.log"
+    line = ("2026-12-02 05:32:26 | INFO | train_inner | epoch 001:     25 / 79 loss=13.2, "
+            "gglm_masked_tok={masked}, wpb={wpb}, bsz=366.4, num_updates={updates}, lr=6e-05")
+    log.write_text("\n".join([line.format(masked=0.25, wpb=4000.0, updates=25),
+                              line.format(masked=0.75, wpb=2000.0, updates=50),
+                              line.format(masked=0.0, wpb=9999.0, updates=75)]))  # fmt: skip
+    assert trained_tokens(log, 50) == (3000.0 + 500.0) / 2
+    plain = tmp_path / "plain.log"  # no mask: every token trained
+    plain.write_text(line.replace("gglm_masked_tok={masked}, ", "").format(wpb=3131.0, updates=25))
+    assert trained_tokens(plain, 1300) == 3131.0
+    assert trained_tokens(tmp_path / "missing.log", 1300) is None

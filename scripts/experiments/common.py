@@ -49,6 +49,7 @@ class Profile:
     max_tokens: int
     finetune_updates: int
     beam: int = 4
+    dropout: float = 0.1  # --dropout of the model (attention and activation dropout stay 0)
 
 
 PROFILES: Dict[str, Profile] = {
@@ -157,7 +158,7 @@ def model_args(profile: Profile) -> List[str]:
         "--encoder-embed-dim", str(p.dim), "--decoder-embed-dim", str(p.dim),
         "--encoder-ffn-embed-dim", str(p.ffn), "--decoder-ffn-embed-dim", str(p.ffn),
         "--encoder-attention-heads", str(p.heads), "--decoder-attention-heads", str(p.heads),
-        "--dropout", "0.1",
+        "--dropout", str(p.dropout),
     ]  # fmt: skip
 
 

@@ -13,7 +13,12 @@ Data (``--data``, Multi30k task 1 raw text):
 - clean set: ``val`` lines 0-499; validation: ``val`` lines 500-1013 (disjoint);
 - tests: ``test_2016_flickr`` and ``test_2017_flickr``.
 
-A joint sentencepiece model (unigram, 8k) is trained on the noisy training text.
+A joint sentencepiece model (unigram, 8k) is trained on the noisy training text
+(``--subword-data clean``: on the training text before the noise, so that the subwords never
+saw the noisy targets).
+
+``--dropout P`` sets the model's dropout for every system (default the profile's, 0.1). Both
+options change the setup (named in ``setting``), so such a run needs its own ``--work``.
 
 Systems (same model, same number of updates of the same batch size):
 
@@ -61,6 +66,7 @@ import shutil
 import sys
 import time
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -107,6 +113,8 @@ SYSTEMS = (
 FINETUNED = {"finetune": "baseline", "finetune-gglm": "gglm"}
 # Systems that read the clean set (their names carry a non-default --clean-set).
 USE_CLEAN = ("gglm", "finetune", "finetune-gglm")
+# --subword-data -> the text sentencepiece learns from.
+SUBWORD_DATA = {"noisy": "noisy train en+de", "clean": "train en+de before the noise"}
 WMT21_PAIRS = 500  # as many pairs as the default clean set
 # --clean-set NAME -> (source, first lines); "val500" is the default split "clean".
 CLEAN_SETS = {
@@ -143,9 +151,12 @@ def prepare_data(args: argparse.Namespace, profile: Profile, work: Path) -> Dict
 
     log(f"data: {len(train_src)} training pairs, {Counter(labels)}")
     start = time.time()
-    model = train_sentencepiece(
-        [text / f"train.{SRC}", text / f"train.{TGT}"], spm_dir / "spm", profile.vocab
-    )
+    subword_target = text / f"train.{TGT}"
+    if args.subword_data == "clean":
+        subword_target = text / f"uncorrupted.{TGT}"
+        write_lines(subword_target, train_tgt)
+    model = train_sentencepiece([text / f"train.{SRC}", subword_target], spm_dir / "spm",
+                                profile.vocab)  # fmt: skip
     for split in ("train", "oracle", "clean", "valid", "test", "test1"):
         for lang in (SRC, TGT):
             encode(model, text / f"{split}.{lang}", spm_dir / f"{split}.{lang}")
@@ -185,7 +196,9 @@ def prepare_data(args: argparse.Namespace, profile: Profile, work: Path) -> Dict
         "clean_set": f"val lines 0-{clean_lines - 1}",
         "valid_set": f"val lines {clean_lines}-{clean_lines + valid_size - 1}",
         "tests": [EVAL_SETS["test"], EVAL_SETS["test1"]],
-        "sentencepiece": {"model": "unigram", "vocab": profile.vocab, "on": "noisy train en+de"},
+        "sentencepiece": {
+            "model": "unigram", "vocab": profile.vocab, "on": SUBWORD_DATA[args.subword_data]
+        },
         "dictionary_size": sum(1 for _ in open(bin_dir / f"dict.{SRC}.txt", encoding="utf-8")),
         "prepare_seconds": round(spm_seconds + seconds, 1),
     }
@@ -325,6 +338,25 @@ def logged_seconds(log_file: Path) -> Dict[int, float]:
     return seconds
 
 
+_INNER = re.compile(r"\| train_inner \|.*")
+_FIELD = re.compile(r"(\w+)=([-\d.e]+)")
+
+
+def trained_tokens(log_file: Path, last_update: int) -> Optional[float]:
+    """Mean target tokens an update trained on, up to ``last_update``: fairseq's ``wpb``
+    (tokens per batch) times the share GGLM did not mask (an example keep-tokens did not
+    select counts as masked). None without the log."""
+    if not log_file.exists():
+        return None
+    sizes = []
+    for line in log_file.read_text(encoding="utf-8").splitlines():
+        if _INNER.search(line):
+            fields = dict(_FIELD.findall(line))
+            if int(fields["num_updates"]) <= last_update:
+                sizes.append(float(fields["wpb"]) * (1 - float(fields.get("gglm_masked_tok", 0))))
+    return round(float(np.mean(sizes)), 1) if sizes else None
+
+
 def seconds_at(seconds: Dict[int, float], update: int) -> float:
     """Linear interpolation between the logged updates around ``update``."""
     updates = sorted(seconds)
@@ -385,6 +417,7 @@ def baseline_from_long(
     }
     entry.update(evaluate("baseline", work, profile))
     add_output_shares(entry, "baseline", work)
+    add_trained_tokens(entry, "baseline", work)
     return entry
 
 
@@ -414,6 +447,15 @@ def add_output_shares(entry: Dict[str, object], name: str, work: Path) -> None:
         hypotheses = read_lines(work / "hyp" / f"{name}.{label}.{TGT}")
         sources = read_lines(work / "text" / f"{subset}.{SRC}")
         entry[label].update(output_shares(hypotheses, sources))
+
+
+def add_trained_tokens(entry: Dict[str, object], name: str, work: Path) -> None:
+    """``trained_tokens_per_update`` from the system's training log (kept when it is gone)."""
+    command = entry["train_command"]
+    last = int(command[command.index("--max-update") + 1])
+    tokens = trained_tokens(work / "logs" / f"train-{name}.log", last)
+    if tokens is not None:
+        entry["trained_tokens_per_update"] = tokens
 
 
 def detection(name: str, work: Path) -> Dict[str, Dict[str, float]]:
@@ -475,6 +517,15 @@ def parse_args(argv: List[str]) -> argparse.Namespace:
         "--wmt21", default=str(SHARED_DATA / "wmt21"),
         help="newstest2021 folder for --clean-set wmt21 (default ../shared/data/wmt21)",
     )  # fmt: skip
+    parser.add_argument(
+        "--dropout", type=float, default=None,
+        help="the model's dropout, every system (default: the profile's, 0.1)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--subword-data", choices=sorted(SUBWORD_DATA), default="noisy",
+        help="what sentencepiece learns from: the noisy training text (default) or the same "
+        "text before the noise (clean: the subwords never see the noisy targets)",
+    )  # fmt: skip
     parser.add_argument("--force", action="store_true", help="retrain systems already scored")
     parser.add_argument(
         "--rescore",
@@ -508,12 +559,25 @@ def parse_args(argv: List[str]) -> argparse.Namespace:
     return args
 
 
+def setting_of(args: argparse.Namespace, profile: Profile) -> Dict[str, object]:
+    """What makes the run's data and models: a setup change away from the defaults is named
+    (runs written before these options hold only profile, noise and seed)."""
+    setting: Dict[str, object] = {"profile": args.profile, "noise": args.noise, "seed": args.seed}
+    if profile.dropout != PROFILES[args.profile].dropout:
+        setting["dropout"] = profile.dropout
+    if args.subword_data != "noisy":
+        setting["subword_data"] = args.subword_data
+    return setting
+
+
 def main(argv: List[str]) -> int:
     args = parse_args(argv)
     profile = PROFILES[args.profile]
+    if args.dropout is not None:
+        profile = replace(profile, dropout=args.dropout)
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
-    setting = {"profile": args.profile, "noise": args.noise, "seed": args.seed}
+    setting = setting_of(args, profile)
     results_path, results = open_results(work, "noisy_multi30k", setting, profile, argv)
     if "data" not in results or not (work / "bin" / f"dict.{SRC}.txt").exists():
         results["data"] = prepare_data(args, profile, work)
@@ -535,8 +599,9 @@ def main(argv: List[str]) -> int:
             continue
         if name in systems and systems[name].get("train_command") == command and not args.force:
             log(f"{name}: already scored, skipped")
-            # Cheap, from the record and the written outputs: the newest metrics.
+            # Cheap, from the record, the log and the written outputs: the newest metrics.
             add_output_shares(systems[name], name, work)
+            add_trained_tokens(systems[name], name, work)
             if "detection" in systems[name]:
                 systems[name]["detection"] = detection(name, work)
             save_results(results_path, results)
@@ -557,6 +622,7 @@ def main(argv: List[str]) -> int:
             entry["clean_set"] = args.clean_set
         entry.update(evaluate(name, work, profile))
         add_output_shares(entry, name, work)
+        add_trained_tokens(entry, name, work)
         if args.curve_every or name == "baseline-long":
             final = int(command[command.index("--max-update") + 1])
             entry["curve"] = curve(name, work, profile, (final, entry["valid"]["bleu"]))

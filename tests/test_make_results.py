@@ -5,7 +5,14 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "scripts" / "experiments"))
-from make_results import TESTS, noise_levels_section, seeds_section, variants_section  # noqa: E402,E501
+from make_results import (  # noqa: E402
+    TESTS,
+    keep_tokens_section,
+    noise_levels_section,
+    seeds_section,
+    setups_section,
+    variants_section,
+)
 
 
 def entry(valid: float, test: float, rates=None) -> dict:
@@ -142,3 +149,46 @@ def test_run_all_page_only_archives_the_results_and_reads_the_archive_back(tmp_p
     assert "probe-baseline.json" in first  # not run, and listed as such
     shutil.rmtree(runs)
     assert page() == first  # the same page, from the archive
+
+
+def with_setup(results: dict, **changes) -> dict:
+    return results | {"setting": results["setting"] | changes}
+
+
+def test_setup_changes_get_their_own_rows_and_stay_out_of_seeds_and_noise_levels(tmp_path):
+    default = seeded(1, 12.0, 14.0)
+    dropout = with_setup(seeded(1, 10.5, 13.0), dropout=0.3)
+    dropout["systems"]["gglm"]["detection"] = {"mask_rate": {"all": 0.7},
+                                               "mean_mask_rate": {"clean": 0.25}}  # fmt: skip
+    lines = setups_section([default, dropout])
+    rows = [line for line in lines if line.startswith("| full")]
+    # gglm - baseline on the tests: +2 (met) in the default setup, +0.5 (not met) with dropout.
+    assert rows[0].startswith("| full p=0.4 seed 1 | default | 10.00 / 10.00 / 10.00 | "
+                              "12.00 / 12.00 / 12.00 | 14.00 / 14.00 / 14.00 | not run | "
+                              "+2.00 / +2.00 | yes |")  # fmt: skip
+    assert rows[1].startswith("| full p=0.4 seed 1 | dropout 0.3 | 10.00 / 10.00 / 10.00 | "
+                              "10.50 / 10.50 / 10.50 | 13.00 / 13.00 / 13.00 | not run | "
+                              "+0.50 / +0.50 | no | 0.700 | 25.0% |")  # fmt: skip
+    assert setups_section([default]) == []
+    # A changed setup is neither another seed nor another noise level of the default one.
+    assert seeds_section([default, with_setup(seeded(2, 1.0, 1.0), dropout=0.3)], tmp_path) == []
+    quick = with_setup(run(0.0, RUNS[0]["systems"]), subword_data="clean")
+    assert noise_levels_section([RUNS[1], quick]) == []
+
+
+def test_keep_tokens_section_shows_trained_tokens_beside_mask_only():
+    def trained(name_flags: str, max_tokens: int, tokens: float) -> dict:
+        return entry(9.0, 9.0) | {"gglm_args": name_flags, "trained_tokens_per_update": tokens,
+                                  "train_command": ["--max-tokens", str(max_tokens)]}  # fmt: skip
+
+    results = seeded(1, 12.0, 14.0)
+    results["systems"] |= {"gglm-keep-tokens": trained("--gglm-keep-tokens 3100", 8192, 3050.0)}
+    results["systems"]["gglm"] |= {"train_command": ["--max-tokens", "4096"],
+                                   "trained_tokens_per_update": 2268.0}  # fmt: skip
+    lines = keep_tokens_section([results])
+    assert lines[0] == "## Keeping the update full: noisy Multi30k, noise 0.4, profile full, seed 1"
+    rows = [line for line in lines if line.startswith("| baseline") or line.startswith("| gglm")]
+    assert [row.split(" | ")[0] for row in rows] == ["| baseline", "| gglm", "| gglm-keep-tokens"]
+    assert rows[1].startswith("| gglm |  | 4096 | 2268 | 12.00 / 12.00 / 12.00 |")
+    assert rows[2].startswith("| gglm-keep-tokens | `--gglm-keep-tokens 3100` | 8192 | 3050 |")
+    assert keep_tokens_section([seeded(1, 12.0, 14.0)]) == []  # no keep-tokens system: nothing

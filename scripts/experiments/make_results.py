@@ -39,6 +39,31 @@ CONTROLS = {
 }
 
 
+# Setup changes a run's setting may name (noisy_multi30k.py --dropout, --subword-data).
+SETUP_CHANGES = ("dropout", "subword_data")
+
+
+def setup_text(setting: Dict) -> str:
+    """The run's setup changes in words ("" for the default setup)."""
+    parts = []
+    if "dropout" in setting:
+        parts.append(f"dropout {setting['dropout']}")
+    if setting.get("subword_data") == "clean":
+        parts.append("sentencepiece on the text before the noise")
+    return ", ".join(parts)
+
+
+def default_setup(results: Dict) -> bool:
+    return not any(key in results["setting"] for key in SETUP_CHANGES)
+
+
+def run_title(setting: Dict) -> str:
+    """``noise 0.4, profile full, seed 1`` plus the setup changes."""
+    changes = setup_text(setting)
+    return (f"noise {setting['noise']}, profile {setting['profile']}, seed {setting['seed']}"
+            + (f", {changes}" if changes else ""))  # fmt: skip
+
+
 def fmt(value: Optional[float], digits: int = 2) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "–"
@@ -65,7 +90,8 @@ def setting_lines(results: Dict) -> List[str]:
         f"- setting: `{json.dumps(results.get('setting'))}`",
         f"- model and budget: {profile.get('layers')}+{profile.get('layers')} layers, "
         f"{profile.get('dim')} dim, FFN {profile.get('ffn')}, {profile.get('heads')} heads, "
-        f"shared embeddings, dropout 0.1; Adam (0.9, 0.98), lr {profile.get('lr')}, "
+        f"shared embeddings, dropout {profile.get('dropout', 0.1)}; Adam (0.9, 0.98), "
+        f"lr {profile.get('lr')}, "
         f"inverse_sqrt with {profile.get('warmup')} warm-up updates; label smoothing 0.1; "
         f"{profile.get('updates')} updates of <= {profile.get('max_tokens')} tokens; "
         f"beam {profile.get('beam')}; last checkpoint",
@@ -117,8 +143,7 @@ def mask_rate_plot(mean_rates: Dict[str, float], title: str, path: Path) -> None
 def multi30k_section(results: Dict, key: str, docs: Path) -> List[str]:
     systems = results.get("systems", {})
     setting = results["setting"]
-    lines = [f"## Noisy Multi30k en-de, noise {setting['noise']}, profile {setting['profile']}, "
-             f"seed {setting['seed']}", ""]  # fmt: skip
+    lines = [f"## Noisy Multi30k en-de, {run_title(setting)}", ""]
     lines += setting_lines(results) + [""]
     unfinished = [name for name in asked_systems(results) if name not in systems]
     if unfinished:
@@ -290,7 +315,8 @@ def variants_section(runs: List[Dict]) -> List[str]:
         "",
     ]
     body = [
-        [f"{s['profile']} p={s['noise']} seed {s['seed']}", name,
+        [f"{s['profile']} p={s['noise']} seed {s['seed']}"
+         + (f", {setup_text(s)}" if setup_text(s) else ""), name,
          f"`{entry.get('gglm_args', '')}`" if entry.get("gglm_args") else "",
          fmt(entry["valid"]["bleu"]), fmt(entry[TESTS[0]]["bleu"]), fmt(entry[TESTS[1]]["bleu"]),
          fmt(entry.get("detection", {}).get("mask_rate", {}).get("all"), 3),
@@ -305,8 +331,8 @@ def variants_section(runs: List[Dict]) -> List[str]:
 def noise_levels_section(runs: List[Dict]) -> List[str]:
     """The main systems side by side across noise levels (validation BLEU), per profile."""
     names = ("baseline", "gglm", "oracle", "finetune", "finetune-gglm")
-    # Seed 1 only: the other seeds have their own section.
-    runs = sorted((r for r in runs if r["setting"]["seed"] == 1),
+    # Seed 1 and the default setup only: the other seeds and setups have their own sections.
+    runs = sorted((r for r in runs if r["setting"]["seed"] == 1 and default_setup(r)),
                   key=lambda r: (r["setting"]["profile"], -r["setting"]["noise"]))  # fmt: skip
     body = []
     for results in runs:
@@ -427,9 +453,9 @@ def mean_sd_text(values: List[float]) -> str:
 
 
 def seed_groups(runs: List[Dict]) -> Dict[Tuple[str, float], List[Dict]]:
-    """Noisy-Multi30k runs of one profile and noise level, one per seed."""
+    """Noisy-Multi30k runs of one profile and noise level in the default setup, one per seed."""
     groups: Dict[Tuple[str, float], List[Dict]] = {}
-    for results in runs:
+    for results in filter(default_setup, runs):
         setting = results["setting"]
         groups.setdefault((setting["profile"], setting["noise"]), []).append(results)
     return {k: sorted(v, key=lambda r: r["setting"]["seed"]) for k, v in groups.items()
@@ -570,6 +596,90 @@ def clean_sets_section(runs: List[Dict]) -> List[str]:
     return lines
 
 
+def bleu_triple(entry: Optional[Dict]) -> str:
+    """valid / test 2016 / test 2017 BLEU of a system ("not run" without it)."""
+    if entry is None:
+        return "not run"
+    return " / ".join(fmt(entry[subset]["bleu"]) for subset in SETS)
+
+
+def setups_section(runs: List[Dict]) -> List[str]:
+    """The same comparison with one part of the setup changed (dropout, what the subword model
+    saw), beside the default setup of the same profile, noise and seed."""
+    default = {tuple(r["setting"][k] for k in ("profile", "noise", "seed")): r
+               for r in runs if default_setup(r)}  # fmt: skip
+    changed = [r for r in runs if not default_setup(r)]
+    if not changed:
+        return []
+    lines = ["## Other setups: which part of the setup decides GGLM's gain", "",
+             "One part of the setup changed at a time, the rest as in the run of the same "
+             "profile, noise and seed above (the same seed: the same noise injection). "
+             "BLEU valid / test_2016_flickr / test_2017_flickr; target: GGLM >= baseline + 1 "
+             "on both tests.", ""]  # fmt: skip
+    rows = []
+    for results in changed:
+        setting = results["setting"]
+        base = default.get((setting["profile"], setting["noise"], setting["seed"]))
+        for label, run in (("default", base), (setup_text(setting), results)):
+            if run is None:
+                continue
+            systems = run.get("systems", {})
+            row = [f"{setting['profile']} p={setting['noise']} seed {setting['seed']}", label]
+            row += [bleu_triple(systems.get(n)) for n in ("baseline", *CLEAN_USERS)]
+            if {"baseline", "gglm"} <= set(systems):
+                gains = [systems["gglm"][t]["bleu"] - systems["baseline"][t]["bleu"] for t in TESTS]
+                row += [" / ".join(f"{g:+.2f}" for g in gains),
+                        "yes" if min(gains) >= 1.0 else "no"]  # fmt: skip
+            else:
+                row += ["–", "–"]
+            detection = systems.get("gglm", {}).get("detection", {})
+            row += [fmt(detection.get("mask_rate", {}).get("all"), 3),
+                    percent(detection.get("mean_mask_rate", {}).get("clean")),
+                    " / ".join(percent(systems.get(n, {}).get(TESTS[0], {}).get("french"))
+                               for n in ("baseline", "gglm"))]  # fmt: skip
+            rows.append(row)
+    header = ["run", "setup", "baseline", *CLEAN_USERS, "gglm − baseline (tests)",
+              "target met", "GGLM AUC (mask rate)", "GGLM: clean pairs masked",
+              f"French outputs on {TESTS[0]}: baseline / gglm"]  # fmt: skip
+    return lines + table(header, rows) + [""]
+
+
+def keep_tokens_section(runs: List[Dict]) -> List[str]:
+    """--gglm-keep-tokens beside mask-only GGLM and the baseline: how many target tokens an
+    update trained on, and what that bought."""
+    lines: List[str] = []
+    for results in runs:
+        systems = results.get("systems", {})
+        keeping = [n for n, e in systems.items() if "--gglm-keep-tokens" in e.get("gglm_args", "")]
+        if not keeping:
+            continue
+        lines += [f"## Keeping the update full: noisy Multi30k, {run_title(results['setting'])}",
+                  "", "`--gglm-keep-tokens N` scores candidate batches larger than the update "
+                  "and trains on at most N target tokens of the best-aligned examples above the "
+                  "threshold; mask-only GGLM trains on what its mask leaves of a batch of the "
+                  "baseline's size. Trained tokens: mean target tokens per update, from the "
+                  "training log (wpb times the share not masked).", ""]  # fmt: skip
+        rows = []
+        for name in ["baseline", *(n for n in systems if n.startswith("gglm")
+                                   and clean_set(systems[n]) == DEFAULT_CLEAN)]:  # fmt: skip
+            entry = systems.get(name)
+            if entry is None:
+                continue
+            command = entry.get("train_command", [])
+            candidate = command[command.index("--max-tokens") + 1] if command else "–"
+            detection = entry.get("detection", {})
+            rows.append([name, f"`{entry.get('gglm_args', '')}`" if entry.get("gglm_args") else "",
+                         candidate, fmt(entry.get("trained_tokens_per_update"), 0),
+                         bleu_triple(entry), fmt(detection.get("mask_rate", {}).get("all"), 3),
+                         percent(detection.get("mean_mask_rate", {}).get("clean")),
+                         minutes(entry.get("train_seconds"))])  # fmt: skip
+        header = ["system", "flags", "batch --max-tokens", "trained tokens per update",
+                  "BLEU valid / 2016 / 2017", "AUC (mask rate)", "clean pairs masked",
+                  "train min"]  # fmt: skip
+        lines += table(header, rows) + [""]
+    return lines
+
+
 def main(argv: List[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument(
@@ -607,6 +717,8 @@ def main(argv: List[str]) -> int:
         lines += multi30k_section(results, results["_key"], docs)
     lines += seeds_section(multi30k, docs)
     lines += clean_sets_section(multi30k)
+    lines += keep_tokens_section(multi30k)
+    lines += setups_section(multi30k)
     lines += noise_levels_section(multi30k)
     lines += variants_section(multi30k)
     for results in runs:

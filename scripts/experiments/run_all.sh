@@ -3,7 +3,8 @@
 #
 #   scripts/experiments/run_all.sh [--profiles "quick full"] [--runs DIR] [--variants "adam ema"]
 #                                  [--noise-levels "0.2 0"] [--seeds "1 2 3"]
-#                                  [--clean-sets "wmt21 val100 val50"] [--page-only] [--docs docs]
+#                                  [--clean-sets "wmt21 val100 val50"] [--full-variants keep-tokens]
+#                                  [--setups "d0.3 spm-clean"] [--page-only] [--docs docs]
 #
 # Steps (each skips what its results.json already holds with the same command):
 #   quick (all systems in ~20-40 min on 2 cores):
@@ -20,7 +21,11 @@
 #     finetune-gglm (and oracle for seed 1), validation BLEU every 260 updates; the alignment
 #     probe of seed 1's baseline; the results page adds means over seeds and the BLEU-vs-time plot;
 #     then, on seed 1's data, gglm, finetune and finetune-gglm with each of --clean-sets (another
-#     domain: newstest2021; tiny: 100 and 50 pairs), beside the default clean set
+#     domain: newstest2021; tiny: 100 and 50 pairs), beside the default clean set; the
+#     --full-variants of GGLM on seed 1's data (keep-tokens: the update kept full); and, each in
+#     its own folder, seed 1 with one part of the setup changed (--setups; d0.3: dropout 0.3,
+#     spm-clean: sentencepiece trained on the text before the noise): baseline, gglm and both
+#     fine-tuned systems
 #   last: scripts/experiments/make_results.py -> DOCS/results.md and DOCS/*.png; each results
 #     file is archived as DOCS/data/KEY.json, and a run whose results are not on this machine
 #     is taken from that archive (--page-only: no training, only the page)
@@ -34,6 +39,8 @@ variants+=" keep-tokens soft batch-mean batch-quantile"
 noise_levels="0.2 0"
 seeds="1 2 3"
 clean_sets="wmt21 val100 val50"
+full_variants="keep-tokens"
+setups="d0.3 spm-clean"
 page_only=0
 docs=docs
 while [ $# -gt 0 ]; do
@@ -44,6 +51,8 @@ while [ $# -gt 0 ]; do
     --noise-levels) noise_levels="$2"; shift 2 ;;
     --seeds) seeds="$2"; shift 2 ;;
     --clean-sets) clean_sets="$2"; shift 2 ;;
+    --full-variants) full_variants="$2"; shift 2 ;;
+    --setups) setups="$2"; shift 2 ;;
     --page-only) page_only=1; shift ;;
     --docs) docs="$2"; shift 2 ;;
     *) echo "unknown argument: $1" >&2; exit 2 ;;
@@ -59,15 +68,21 @@ declare -A flags=(
   [running]="--gglm-score running"
   [token]="--gglm-granularity token"
   [cross-attention]="--gglm-parameters encoder_attn"
-  [keep-tokens]="--gglm-keep-tokens 4096"
+  [keep-tokens]="--gglm-keep-tokens 3100"
   [soft]="--gglm-weighting soft"
   [batch-mean]="--gglm-threshold-mode batch-mean"
   [batch-quantile]="--gglm-threshold-mode batch-quantile --gglm-threshold-quantile 0.4"
 )
-# Variant name -> extra runner flags: keep-tokens picks its 4096 tokens from candidate batches
-# twice the profile's --max-tokens (full when at least half the candidates pass the threshold).
+# Variant name -> extra runner flags: keep-tokens picks its 3100 target tokens (the baseline's
+# mean per update, measured at the full profile: 3131) from candidate batches twice the
+# profile's --max-tokens (full when at least half the candidates pass the threshold).
 declare -A runner_flags=(
   [keep-tokens]="--candidate-max-tokens 8192"
+)
+# Setup name -> runner flags (each setup is its own folder: other data or another model).
+declare -A setup_flags=(
+  [d0.3]="--dropout 0.3"
+  [spm-clean]="--subword-data clean"
 )
 
 results=()
@@ -102,6 +117,18 @@ for profile in $profiles; do
     for clean in $clean_sets; do
       runner scripts/experiments/noisy_multi30k.py --profile full --work "$m30k" --noise 0.4 \
         --seed 1 --systems gglm,finetune,finetune-gglm --clean-set "$clean" --curve-every 260
+    done
+    for name in $full_variants; do
+      # shellcheck disable=SC2086  # the runner flags are several words on purpose
+      runner scripts/experiments/noisy_multi30k.py --profile full --work "$m30k" --noise 0.4 \
+        --seed 1 --systems gglm --tag "$name" --gglm-args "${flags[$name]}" \
+        ${runner_flags[$name]:-}
+    done
+    for name in $setups; do
+      # shellcheck disable=SC2086
+      runner scripts/experiments/noisy_multi30k.py --profile full --work "$m30k-$name" \
+        --noise 0.4 --seed 1 --systems baseline,gglm,finetune,finetune-gglm ${setup_flags[$name]}
+      results+=("$m30k-$name/results.json")
     done
     continue
   fi

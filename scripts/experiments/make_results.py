@@ -21,15 +21,13 @@ from typing import Dict, List, Optional, Tuple
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from names import CLEAN_USERS, DEFAULT_CLEAN_SET, SETUP_CHANGES, clean_suffix
 
 TESTS = ("test_2016_flickr", "test_2017_flickr")
 NOISE_TYPES = ("misaligned", "untranslated", "wrong_language", "truncated", "shuffled")
 PARACRAWL_LABELS = ("F", "E", "MT", "A", "T", "L")
 RELEASES = ("v3", "v6", "v6.2", "v7")
 # The controls of noisy_multi30k.py, and what each trains on in an update of the same size.
-# The runner's default --clean-set, and the systems whose names carry another one.
-DEFAULT_CLEAN = "val500"
-CLEAN_USERS = ("gglm", "finetune", "finetune-gglm")
 CONTROLS = {
     "baseline": "every pair of the noisy batch",
     "random-mask": "the noisy batch with a random share p of its sentences masked",
@@ -37,10 +35,6 @@ CONTROLS = {
     "gglm": "the noisy batch with GGLM's mask",
     "oracle": "a full batch drawn from the uncorrupted pairs only",
 }
-
-
-# Setup changes a run's setting may name (noisy_multi30k.py --dropout, --subword-data).
-SETUP_CHANGES = ("dropout", "subword_data")
 
 
 def setup_text(setting: Dict) -> str:
@@ -216,8 +210,10 @@ def asked_systems(results: Dict) -> List[str]:
     for command in results.get("commands", []):
         words = shlex.split(command)
         tag = words[words.index("--tag") + 1] if "--tag" in words else ""
-        clean = words[words.index("--clean-set") + 1] if "--clean-set" in words else DEFAULT_CLEAN
-        suffix = "" if clean == DEFAULT_CLEAN else f"-clean-{clean}"
+        clean = DEFAULT_CLEAN_SET
+        if "--clean-set" in words:
+            clean = words[words.index("--clean-set") + 1]
+        suffix = clean_suffix(clean)
         if "--systems" in words:
             for name in words[words.index("--systems") + 1].split(","):
                 named = f"gglm-{tag}" if name == "gglm" and tag else name
@@ -227,7 +223,7 @@ def asked_systems(results: Dict) -> List[str]:
 
 def clean_set(entry: Dict) -> str:
     """The clean set a system used (entries written before --clean-set used the default)."""
-    return entry.get("clean_set", DEFAULT_CLEAN)
+    return entry.get("clean_set", DEFAULT_CLEAN_SET)
 
 
 def targets(systems: Dict) -> List[str]:
@@ -301,7 +297,7 @@ def variants_section(runs: List[Dict]) -> List[str]:
     for results in runs:
         # Ranked within each run: a variant is compared only with systems on the same data.
         entries = [(name, entry) for name, entry in results.get("systems", {}).items()
-                   if (name.startswith("gglm") and clean_set(entry) == DEFAULT_CLEAN)
+                   if (name.startswith("gglm") and clean_set(entry) == DEFAULT_CLEAN_SET)
                    or name == "baseline"]  # fmt: skip
         entries.sort(key=lambda item: -item[1]["valid"]["bleu"])
         rows += [(results["setting"], name, entry) for name, entry in entries]
@@ -563,7 +559,7 @@ def clean_sets_section(runs: List[Dict]) -> List[str]:
         if not others or "baseline" not in systems:
             continue
         setting = results["setting"]
-        described = {DEFAULT_CLEAN: {"pairs": None, "text": results["data"].get("clean_set")},
+        described = {DEFAULT_CLEAN_SET: {"pairs": None, "text": results["data"].get("clean_set")},
                      **others}  # fmt: skip
         baseline = systems["baseline"]
         lines += [f"## Other clean sets: noisy Multi30k, noise {setting['noise']}, profile "
@@ -575,7 +571,7 @@ def clean_sets_section(runs: List[Dict]) -> List[str]:
                   f" / {TESTS[1]}, as below); Δ = minus the baseline on the two tests.", ""]
         rows = []
         for name, about in described.items():
-            suffix = "" if name == DEFAULT_CLEAN else f"-clean-{name}"
+            suffix = clean_suffix(name)
             row = [f"{name}: {about['text']}"]
             for system in CLEAN_USERS:
                 entry = systems.get(system + suffix)
@@ -661,7 +657,7 @@ def keep_tokens_section(runs: List[Dict]) -> List[str]:
                   "training log (wpb times the share not masked).", ""]  # fmt: skip
         rows = []
         for name in ["baseline", *(n for n in systems if n.startswith("gglm")
-                                   and clean_set(systems[n]) == DEFAULT_CLEAN)]:  # fmt: skip
+                                   and clean_set(systems[n]) == DEFAULT_CLEAN_SET)]:  # fmt: skip
             entry = systems.get(name)
             if entry is None:
                 continue

@@ -91,6 +91,7 @@ from common import (
     with_mask_control,
     write_lines,
 )
+from names import CLEAN_USERS, DEFAULT_CLEAN_SET, clean_suffix
 
 from gglm_fairseq.noise import CLEAN, corrupt
 from gglm_fairseq.report import detection_auc
@@ -111,14 +112,12 @@ SYSTEMS = (
 )
 # The fine-tuned systems start from these systems' last checkpoints.
 FINETUNED = {"finetune": "baseline", "finetune-gglm": "gglm"}
-# Systems that read the clean set (their names carry a non-default --clean-set).
-USE_CLEAN = ("gglm", "finetune", "finetune-gglm")
 # --subword-data -> the text sentencepiece learns from.
 SUBWORD_DATA = {"noisy": "noisy train en+de", "clean": "train en+de before the noise"}
 WMT21_PAIRS = 500  # as many pairs as the default clean set
-# --clean-set NAME -> (source, first lines); "val500" is the default split "clean".
+# --clean-set NAME -> (source, first lines); the default is the split "clean".
 CLEAN_SETS = {
-    "val500": ("multi30k", CLEAN_LINES),
+    DEFAULT_CLEAN_SET: ("multi30k", CLEAN_LINES),
     "val100": ("multi30k", 100),
     "val50": ("multi30k", 50),
     "wmt21": ("wmt21", WMT21_PAIRS),
@@ -205,10 +204,10 @@ def prepare_data(args: argparse.Namespace, profile: Profile, work: Path) -> Dict
 
 
 def clean_subset(args: argparse.Namespace) -> str:
-    return "clean" if args.clean_set == "val500" else f"clean_{args.clean_set}"
+    return "clean" if args.clean_set == DEFAULT_CLEAN_SET else f"clean_{args.clean_set}"
 
 
-def prepare_clean_set(args: argparse.Namespace, profile: Profile, work: Path) -> int:
+def prepare_clean_set(args: argparse.Namespace, work: Path) -> int:
     """Binarise ``--clean-set`` (not the default) as the subset ``clean_NAME`` of ``WORK/bin``
     with the experiment's sentencepiece model and dictionary; return its pairs."""
     source, lines = CLEAN_SETS[args.clean_set]
@@ -509,7 +508,7 @@ def parse_args(argv: List[str]) -> argparse.Namespace:
         "update at its defaults, measured by scripts/bench_train.py)",
     )  # fmt: skip
     parser.add_argument(
-        "--clean-set", choices=sorted(CLEAN_SETS), default="val500",
+        "--clean-set", choices=sorted(CLEAN_SETS), default=DEFAULT_CLEAN_SET,
         help="the clean set of GGLM and the fine-tuned systems (default val500: val lines "
         "0-499); another one adds -clean-NAME to their names",
     )  # fmt: skip
@@ -542,17 +541,17 @@ def parse_args(argv: List[str]) -> argparse.Namespace:
             "--curve-every must divide the profile's updates (baseline-long needs "
             "a checkpoint at the baseline's budget)"
         )
-    suffix = "" if args.clean_set == "val500" else f"-clean-{args.clean_set}"
+    suffix = clean_suffix(args.clean_set)
 
     def named(kind: str) -> str:
         name = f"gglm-{args.tag}" if kind == "gglm" and args.tag else kind
-        return name + suffix if kind in USE_CLEAN else name
+        return name + suffix if kind in CLEAN_USERS else name
 
     args.system_names = [named(s) for s in systems]
     args.kinds = dict(zip(args.system_names, systems))
     # finetune-gglm starts from the untagged GGLM with the same clean set.
     args.starts = {
-        named(s): FINETUNED[s] + (suffix if FINETUNED[s] in USE_CLEAN else "")
+        named(s): FINETUNED[s] + (suffix if FINETUNED[s] in CLEAN_USERS else "")
         for s in systems
         if s in FINETUNED
     }
@@ -582,8 +581,8 @@ def main(argv: List[str]) -> int:
     if "data" not in results or not (work / "bin" / f"dict.{SRC}.txt").exists():
         results["data"] = prepare_data(args, profile, work)
         save_results(results_path, results)
-    if args.clean_set != "val500":
-        pairs = prepare_clean_set(args, profile, work)
+    if args.clean_set != DEFAULT_CLEAN_SET:
+        pairs = prepare_clean_set(args, work)
         results["data"].setdefault("clean_sets", {})[args.clean_set] = {
             "pairs": pairs, "text": clean_set_text(args, pairs)}
         save_results(results_path, results)
@@ -618,7 +617,7 @@ def main(argv: List[str]) -> int:
             "gglm_args": args.gglm_args if args.kinds[name] == "gglm" else "",
             "train_seconds": round(train_seconds, 1),
         }
-        if args.kinds[name] in USE_CLEAN:
+        if args.kinds[name] in CLEAN_USERS:
             entry["clean_set"] = args.clean_set
         entry.update(evaluate(name, work, profile))
         add_output_shares(entry, name, work)

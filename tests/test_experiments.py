@@ -230,3 +230,21 @@ def test_trained_tokens_are_what_the_mask_left_up_to_the_budget(tmp_path):
     plain.write_text(line.replace("gglm_masked_tok={masked}, ", "").format(wpb=3131.0, updates=25))
     assert trained_tokens(plain, 1300) == 3131.0
     assert trained_tokens(tmp_path / "missing.log", 1300) is None
+
+
+def test_finetune_updates_name_the_recipe_and_set_its_budget(tmp_path):
+    from noisy_multi30k import PROFILES, parse_args, system_command
+
+    args = parse_args(["--profile", "full", "--work", str(tmp_path), "--systems",
+                       "finetune,finetune-gglm", "--finetune-updates", "10",
+                       "--clean-set", "val50"])  # fmt: skip
+    assert args.system_names == ["finetune-u10-clean-val50", "finetune-gglm-u10-clean-val50"]
+    # The recipe changes the fine-tuning, not what it starts from.
+    assert args.starts == {"finetune-u10-clean-val50": "baseline",
+                           "finetune-gglm-u10-clean-val50": "gglm-clean-val50"}  # fmt: skip
+    command = system_command("finetune-u10-clean-val50", args, PROFILES["full"], tmp_path)
+    assert command[command.index("--max-update") + 1] == "10"
+    assert command[command.index("--train-subset") + 1] == "clean_val50"
+    default = parse_args(["--profile", "full", "--work", str(tmp_path), "--systems", "finetune"])
+    command = system_command("finetune", default, PROFILES["full"], tmp_path)
+    assert command[command.index("--max-update") + 1] == "50"

@@ -7,6 +7,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "scripts" / "experiments"))
 from make_results import (  # noqa: E402
     TESTS,
+    asked_systems,
     keep_tokens_section,
     noise_levels_section,
     seeds_section,
@@ -192,3 +193,41 @@ def test_keep_tokens_section_shows_trained_tokens_beside_mask_only():
     assert rows[1].startswith("| gglm |  | 4096 | 2268 | 12.00 / 12.00 / 12.00 |")
     assert rows[2].startswith("| gglm-keep-tokens | `--gglm-keep-tokens 3100` | 8192 | 3050 |")
     assert keep_tokens_section([seeded(1, 12.0, 14.0)]) == []  # no keep-tokens system: nothing
+
+
+def test_asked_systems_are_named_as_the_runner_names_them():
+    runner = "python scripts/experiments/noisy_multi30k.py --profile full --work w "
+    results = {"commands": [runner + "--systems ''",
+                            runner + "--systems gglm,finetune --tag keep --clean-set val50",
+                            runner + "--systems baseline,finetune,finetune-gglm "
+                            "--finetune-updates 10 --clean-set val100"]}  # fmt: skip
+    assert asked_systems(results) == ["gglm-keep-clean-val50", "finetune-clean-val50", "baseline",
+                                      "finetune-u10-clean-val100",
+                                      "finetune-gglm-u10-clean-val100"]  # fmt: skip
+
+
+def test_fine_tuning_recipes_are_chosen_on_validation_per_clean_set():
+    from make_results import clean_sets_section
+
+    val50 = {"clean_set": "val50"}
+    results = run(0.4, {
+        "baseline": entry(10.0, 10.0),
+        "finetune": entry(14.0, 15.0),
+        "finetune-clean-val50": entry(11.0, 12.0) | val50,
+        # Best on validation, though worse on the tests: validation decides.
+        "finetune-u10-clean-val50": entry(13.0, 11.0) | val50 | {"finetune_updates": 10},
+        "finetune-u25-clean-val50": entry(12.0, 14.0) | val50 | {"finetune_updates": 25},
+    })  # fmt: skip
+    results["profile_config"] = {"finetune_updates": 50}
+    results["data"] = {"clean_set": "val lines 0-499",
+                       "clean_sets": {"val50": {"pairs": 50, "text": "val lines 0-49"}}}
+    lines = clean_sets_section([results])
+    header = next(line for line in lines if line.startswith("| clean set"))
+    assert header.split(" | ")[4:6] == ["finetune, recipe chosen on valid",
+                                        "finetune-gglm, recipe chosen on valid"]  # fmt: skip
+    rows = {line.split(" | ")[0]: line.split(" | ") for line in lines if line.startswith("| val")}
+    assert rows["| val50: val lines 0-49"][4:6] == [
+        "10 updates: 13.00 / 11.00 / 11.00 (Δ +1.00 / +1.00) (of 3)", "not run"]
+    assert rows["| val500: val lines 0-499"][4] == (
+        "50 updates: 14.00 / 15.00 / 15.00 (Δ +5.00 / +5.00) (of 1)")
+    assert "Recipes: 50 updates (the default) and 10, 25 updates" in "\n".join(lines)

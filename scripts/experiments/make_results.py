@@ -21,7 +21,14 @@ from typing import Dict, List, Optional, Tuple
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
-from names import CLEAN_USERS, DEFAULT_CLEAN_SET, SETUP_CHANGES, clean_suffix
+from names import (
+    CLEAN_USERS,
+    DEFAULT_CLEAN_SET,
+    FINE_TUNED,
+    SETUP_CHANGES,
+    clean_suffix,
+    system_name,
+)
 
 TESTS = ("test_2016_flickr", "test_2017_flickr")
 NOISE_TYPES = ("misaligned", "untranslated", "wrong_language", "truncated", "shuffled")
@@ -204,21 +211,23 @@ def multi30k_section(results: Dict, key: str, docs: Path) -> List[str]:
 
 
 def asked_systems(results: Dict) -> List[str]:
-    """The systems the runner's commands asked for, in order (named as the runner names them:
-    ``gglm`` by ``--tag``, the clean set's users by a non-default ``--clean-set``)."""
+    """The systems the runner's commands asked for, in order (named as the runner names them,
+    from ``--tag``, ``--clean-set`` and ``--finetune-updates``)."""
     names: List[str] = []
     for command in results.get("commands", []):
         words = shlex.split(command)
-        tag = words[words.index("--tag") + 1] if "--tag" in words else ""
-        clean = DEFAULT_CLEAN_SET
-        if "--clean-set" in words:
-            clean = words[words.index("--clean-set") + 1]
-        suffix = clean_suffix(clean)
-        if "--systems" in words:
-            for name in words[words.index("--systems") + 1].split(","):
-                named = f"gglm-{tag}" if name == "gglm" and tag else name
-                names.append(named + suffix if name in CLEAN_USERS else named)
+        updates = flag_value(words, "--finetune-updates")
+        for kind in (flag_value(words, "--systems") or "").split(","):
+            if kind:  # an empty --systems asked for nothing
+                names.append(system_name(kind, flag_value(words, "--tag") or "",
+                                         flag_value(words, "--clean-set") or DEFAULT_CLEAN_SET,
+                                         None if updates is None else int(updates)))  # fmt: skip
     return list(dict.fromkeys(names))
+
+
+def flag_value(words: List[str], flag: str) -> Optional[str]:
+    """The word after ``flag`` in a command (None without the flag)."""
+    return words[words.index(flag) + 1] if flag in words else None
 
 
 def clean_set(entry: Dict) -> str:
@@ -549,6 +558,14 @@ def seeds_section(runs: List[Dict], docs: Path) -> List[str]:
     return lines
 
 
+def with_gain(entry: Optional[Dict], baseline: Dict) -> str:
+    """BLEU valid / test / test and the gain over ``baseline`` on the tests."""
+    if entry is None:
+        return "not run"
+    delta = " / ".join(f"{entry[t]['bleu'] - baseline[t]['bleu']:+.2f}" for t in TESTS)
+    return " / ".join(fmt(entry[s]["bleu"]) for s in SETS) + f" (Δ {delta})"
+
+
 def clean_sets_section(runs: List[Dict]) -> List[str]:
     """GGLM and fine-tuning with other clean sets (another domain, tiny sets) beside the
     default one, on the same noisy data; the baseline is shared."""
@@ -569,18 +586,27 @@ def clean_sets_section(runs: List[Dict]) -> List[str]:
                   "(trained without a clean set) is shared: BLEU "
                   + " / ".join(fmt(baseline[s]["bleu"]) for s in SETS) + f" (valid / {TESTS[0]}"
                   f" / {TESTS[1]}, as below); Δ = minus the baseline on the two tests.", ""]
+        # Fine-tuning recipes (--finetune-updates) beside the default: the best on validation.
+        recipes = sorted({e["finetune_updates"] for e in systems.values()
+                          if "finetune_updates" in e})  # fmt: skip
+        default_updates = results.get("profile_config", {}).get("finetune_updates")
         rows = []
         for name, about in described.items():
             suffix = clean_suffix(name)
             row = [f"{name}: {about['text']}"]
             for system in CLEAN_USERS:
                 entry = systems.get(system + suffix)
-                if entry is None or clean_set(entry) != name:
+                row.append(with_gain(entry if entry and clean_set(entry) == name else None,
+                                     baseline))  # fmt: skip
+            for system in FINE_TUNED if recipes else ():
+                tried = [(updates, systems[n]) for updates in (None, *recipes)
+                         if (n := system_name(system, "", name, updates)) in systems]  # fmt: skip
+                if not tried:
                     row.append("not run")
                     continue
-                delta = " / ".join(f"{entry[t]['bleu'] - baseline[t]['bleu']:+.2f}"
-                                   for t in TESTS)  # fmt: skip
-                row.append(" / ".join(fmt(entry[s]["bleu"]) for s in SETS) + f" (Δ {delta})")
+                updates, best = max(tried, key=lambda item: item[1]["valid"]["bleu"])
+                row.append(f"{updates or default_updates} updates: {with_gain(best, baseline)} "
+                           f"(of {len(tried)})")
             detection = systems.get("gglm" + suffix, {}).get("detection", {})
             row.append(fmt(detection.get("mask_rate", {}).get("all"), 3))
             row.append(percent(detection.get("mean_mask_rate", {}).get("clean")))
@@ -588,7 +614,16 @@ def clean_sets_section(runs: List[Dict]) -> List[str]:
             rows.append(row)
         header = ["clean set", *CLEAN_USERS, "GGLM AUC (mask rate)", "GGLM: clean pairs masked",
                   "GGLM train min"]  # fmt: skip
+        if recipes:  # after the CLEAN_USERS columns, as in the rows
+            where = 1 + len(CLEAN_USERS)
+            header[where:where] = [f"{system}, recipe chosen on valid" for system in FINE_TUNED]
         lines += table(header, rows) + [""]
+        if recipes:
+            lines += [f"Recipes: {default_updates} updates (the default) and "
+                      + ", ".join(str(r) for r in recipes if r != default_updates)
+                      + " updates at the same learning rate, the one with the best validation "
+                      "BLEU shown with how many were tried (validation is in-domain and larger "
+                      "than the tiny sets: choosing on it favours fine-tuning).", ""]
     return lines
 
 

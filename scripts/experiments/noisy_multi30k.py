@@ -91,7 +91,7 @@ from common import (
     with_mask_control,
     write_lines,
 )
-from names import CLEAN_USERS, DEFAULT_CLEAN_SET, clean_suffix
+from names import CLEAN_USERS, DEFAULT_CLEAN_SET, system_name
 
 from gglm_fairseq.noise import CLEAN, corrupt
 from gglm_fairseq.report import detection_auc
@@ -276,7 +276,7 @@ def system_command(name: str, args: argparse.Namespace, profile: Profile, work: 
     if kind in FINETUNED:
         base = work / "checkpoints" / args.starts[name] / "checkpoint_last.pt"
         # Replace the budget and schedule: a few updates on the clean split at a fixed lr.
-        command = _set(command, "--max-update", str(profile.finetune_updates))
+        command = _set(command, "--max-update", str(finetune_updates(args, profile)))
         command = _set(command, "--lr", f"{final_lr(profile):.6g}")
         command = _set(command, "--lr-scheduler", "fixed")
         command = [c for c in command if c not in ("--warmup-init-lr", "1e-07")]
@@ -286,6 +286,10 @@ def system_command(name: str, args: argparse.Namespace, profile: Profile, work: 
             "--reset-optimizer", "--reset-dataloader", "--reset-meters", "--reset-lr-scheduler",
         ]  # fmt: skip
     return command
+
+
+def finetune_updates(args: argparse.Namespace, profile: Profile) -> int:
+    return profile.finetune_updates if args.finetune_updates is None else args.finetune_updates
 
 
 def long_updates(args: argparse.Namespace, profile: Profile) -> int:
@@ -525,6 +529,11 @@ def parse_args(argv: List[str]) -> argparse.Namespace:
         help="what sentencepiece learns from: the noisy training text (default) or the same "
         "text before the noise (clean: the subwords never see the noisy targets)",
     )  # fmt: skip
+    parser.add_argument(
+        "--finetune-updates", type=int, default=None,
+        help="updates of the fine-tuned systems (default: the profile's, 50 at full); given, "
+        "their names get -uN, so recipes sit side by side (the page picks one on validation)",
+    )  # fmt: skip
     parser.add_argument("--force", action="store_true", help="retrain systems already scored")
     parser.add_argument(
         "--rescore",
@@ -541,20 +550,15 @@ def parse_args(argv: List[str]) -> argparse.Namespace:
             "--curve-every must divide the profile's updates (baseline-long needs "
             "a checkpoint at the baseline's budget)"
         )
-    suffix = clean_suffix(args.clean_set)
 
     def named(kind: str) -> str:
-        name = f"gglm-{args.tag}" if kind == "gglm" and args.tag else kind
-        return name + suffix if kind in CLEAN_USERS else name
+        return system_name(kind, args.tag, args.clean_set, args.finetune_updates)
 
     args.system_names = [named(s) for s in systems]
     args.kinds = dict(zip(args.system_names, systems))
     # finetune-gglm starts from the untagged GGLM with the same clean set.
-    args.starts = {
-        named(s): FINETUNED[s] + (suffix if FINETUNED[s] in CLEAN_USERS else "")
-        for s in systems
-        if s in FINETUNED
-    }
+    args.starts = {named(s): system_name(FINETUNED[s], clean_set=args.clean_set)
+                   for s in systems if s in FINETUNED}  # fmt: skip
     return args
 
 
@@ -619,6 +623,8 @@ def main(argv: List[str]) -> int:
         }
         if args.kinds[name] in CLEAN_USERS:
             entry["clean_set"] = args.clean_set
+        if args.kinds[name] in FINETUNED:
+            entry["finetune_updates"] = finetune_updates(args, profile)
         entry.update(evaluate(name, work, profile))
         add_output_shares(entry, name, work)
         add_trained_tokens(entry, name, work)

@@ -4,7 +4,8 @@
 #   scripts/experiments/run_all.sh [--profiles "quick full"] [--runs DIR] [--variants "adam ema"]
 #                                  [--noise-levels "0.2 0"] [--seeds "1 2 3"]
 #                                  [--clean-sets "wmt21 val100 val50"] [--full-variants keep-tokens]
-#                                  [--setups "d0.3 spm-clean"] [--page-only] [--docs docs]
+#                                  [--setups "d0.3 spm-clean"] [--finetune-recipes "10 25"]
+#                                  [--page-only] [--docs docs]
 #
 # Steps (each skips what its results.json already holds with the same command):
 #   quick (all systems in ~20-40 min on 2 cores):
@@ -21,7 +22,9 @@
 #     finetune-gglm (and oracle for seed 1), validation BLEU every 260 updates; the alignment
 #     probe of seed 1's baseline; the results page adds means over seeds and the BLEU-vs-time plot;
 #     then, on seed 1's data, gglm, finetune and finetune-gglm with each of --clean-sets (another
-#     domain: newstest2021; tiny: 100 and 50 pairs), beside the default clean set; the
+#     domain: newstest2021; tiny: 100 and 50 pairs), beside the default clean set, with the
+#     fine-tuned systems also at each of --finetune-recipes updates (the page picks the recipe
+#     with the best validation BLEU per clean set); the
 #     --full-variants of GGLM on seed 1's data (keep-tokens: the update kept full); and, each in
 #     its own folder, seed 1 with one part of the setup changed (--setups; d0.3: dropout 0.3,
 #     spm-clean: sentencepiece trained on the text before the noise): baseline, gglm and both
@@ -41,6 +44,7 @@ seeds="1 2 3"
 clean_sets="wmt21 val100 val50"
 full_variants="keep-tokens"
 setups="d0.3 spm-clean"
+finetune_recipes="10 25"
 page_only=0
 docs=docs
 while [ $# -gt 0 ]; do
@@ -53,6 +57,7 @@ while [ $# -gt 0 ]; do
     --clean-sets) clean_sets="$2"; shift 2 ;;
     --full-variants) full_variants="$2"; shift 2 ;;
     --setups) setups="$2"; shift 2 ;;
+    --finetune-recipes) finetune_recipes="$2"; shift 2 ;;
     --page-only) page_only=1; shift ;;
     --docs) docs="$2"; shift 2 ;;
     *) echo "unknown argument: $1" >&2; exit 2 ;;
@@ -117,6 +122,13 @@ for profile in $profiles; do
     for clean in $clean_sets; do
       runner scripts/experiments/noisy_multi30k.py --profile full --work "$m30k" --noise 0.4 \
         --seed 1 --systems gglm,finetune,finetune-gglm --clean-set "$clean" --curve-every 260
+    done
+    for clean in val500 $clean_sets; do
+      for updates in $finetune_recipes; do
+        runner scripts/experiments/noisy_multi30k.py --profile full --work "$m30k" --noise 0.4 \
+          --seed 1 --systems finetune,finetune-gglm --clean-set "$clean" \
+          --finetune-updates "$updates"
+      done
     done
     for name in $full_variants; do
       # shellcheck disable=SC2086  # the runner flags are several words on purpose

@@ -161,8 +161,11 @@ def test_setup_changes_get_their_own_rows_and_stay_out_of_seeds_and_noise_levels
     dropout = with_setup(seeded(1, 10.5, 13.0), dropout=0.3)
     dropout["systems"]["gglm"]["detection"] = {"mask_rate": {"all": 0.7},
                                                "mean_mask_rate": {"clean": 0.25}}  # fmt: skip
-    lines = setups_section([default, dropout])
+    subwords = with_setup(seeded(1, 11.0, 13.0), subword_data="clean")
+    lines = setups_section([default, dropout, subwords])
     rows = [line for line in lines if line.startswith("| full")]
+    assert [row.split(" | ")[1] for row in rows] == [
+        "default", "dropout 0.3", "sentencepiece on the text before the noise"]
     # gglm - baseline on the tests: +2 (met) in the default setup, +0.5 (not met) with dropout.
     assert rows[0].startswith("| full p=0.4 seed 1 | default | 10.00 / 10.00 / 10.00 | "
                               "12.00 / 12.00 / 12.00 | 14.00 / 14.00 / 14.00 | not run | "

@@ -648,9 +648,12 @@ def setups_section(runs: List[Dict]) -> List[str]:
              "BLEU valid / test_2016_flickr / test_2017_flickr; target: GGLM >= baseline + 1 "
              "on both tests.", ""]  # fmt: skip
     rows = []
+    shown = set()  # the default run's row comes once, before its first changed setup
     for results in changed:
         setting = results["setting"]
-        base = default.get((setting["profile"], setting["noise"], setting["seed"]))
+        key = (setting["profile"], setting["noise"], setting["seed"])
+        base = None if key in shown else default.get(key)
+        shown.add(key)
         for label, run in (("default", base), (setup_text(setting), results)):
             if run is None:
                 continue

@@ -561,9 +561,9 @@ def seeds_section(runs: List[Dict], docs: Path) -> List[str]:
 def with_gain(entry: Optional[Dict], baseline: Dict) -> str:
     """BLEU valid / test / test and the gain over ``baseline`` on the tests."""
     if entry is None:
-        return "not run"
+        return bleu_triple(entry)
     delta = " / ".join(f"{entry[t]['bleu'] - baseline[t]['bleu']:+.2f}" for t in TESTS)
-    return " / ".join(fmt(entry[s]["bleu"]) for s in SETS) + f" (Δ {delta})"
+    return bleu_triple(entry) + f" (Δ {delta})"
 
 
 def clean_sets_section(runs: List[Dict]) -> List[str]:

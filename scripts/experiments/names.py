@@ -9,13 +9,13 @@ CLEAN_USERS = ("gglm", "finetune", "finetune-gglm")
 # Setup changes a run's setting names when they differ from the profile's defaults
 # (--dropout, --subword-data); runs without them are the default setup.
 SETUP_CHANGES = ("dropout", "subword_data")
+# Systems that continue another system's training on the clean set -> the system they start from.
+FINE_TUNED = {"finetune": "baseline", "finetune-gglm": "gglm"}
 
 
 def clean_suffix(clean_set: str) -> str:
     """What a clean set adds to the names of ``CLEAN_USERS``."""
     return "" if clean_set == DEFAULT_CLEAN_SET else f"-clean-{clean_set}"
-# Systems that continue another system's training on the clean set.
-FINE_TUNED = ("finetune", "finetune-gglm")
 
 
 def system_name(

@@ -91,7 +91,7 @@ from common import (
     with_mask_control,
     write_lines,
 )
-from names import CLEAN_USERS, DEFAULT_CLEAN_SET, system_name
+from names import CLEAN_USERS, DEFAULT_CLEAN_SET, FINE_TUNED, system_name
 
 from gglm_fairseq.noise import CLEAN, corrupt
 from gglm_fairseq.report import detection_auc
@@ -110,8 +110,6 @@ SYSTEMS = (
     "oracle-mask",
     "random-mask",
 )
-# The fine-tuned systems start from these systems' last checkpoints.
-FINETUNED = {"finetune": "baseline", "finetune-gglm": "gglm"}
 # --subword-data -> the text sentencepiece learns from.
 SUBWORD_DATA = {"noisy": "noisy train en+de", "clean": "train en+de before the noise"}
 WMT21_PAIRS = 500  # as many pairs as the default clean set
@@ -252,7 +250,7 @@ def system_command(name: str, args: argparse.Namespace, profile: Profile, work: 
     kind = args.kinds.get(name, name)
     data = work / ("bin-oracle" if kind == "oracle" else "bin")
     command = train_args(data, work / "checkpoints" / name, profile, args.seed, SRC, TGT)
-    if kind not in FINETUNED and (args.curve_every or kind == "baseline-long"):
+    if kind not in FINE_TUNED and (args.curve_every or kind == "baseline-long"):
         every = args.curve_every or profile.updates
         command += ["--save-interval-updates", str(every), "--keep-interval-updates", "-1"]
     if kind == "baseline-long":
@@ -273,7 +271,7 @@ def system_command(name: str, args: argparse.Namespace, profile: Profile, work: 
     command += ["--task", "translation", "--criterion", "label_smoothed_cross_entropy"]
     if kind == "baseline-long":
         return command
-    if kind in FINETUNED:
+    if kind in FINE_TUNED:
         base = work / "checkpoints" / args.starts[name] / "checkpoint_last.pt"
         # Replace the budget and schedule: a few updates on the clean split at a fixed lr.
         command = _set(command, "--max-update", str(finetune_updates(args, profile)))
@@ -557,8 +555,8 @@ def parse_args(argv: List[str]) -> argparse.Namespace:
     args.system_names = [named(s) for s in systems]
     args.kinds = dict(zip(args.system_names, systems))
     # finetune-gglm starts from the untagged GGLM with the same clean set.
-    args.starts = {named(s): system_name(FINETUNED[s], clean_set=args.clean_set)
-                   for s in systems if s in FINETUNED}  # fmt: skip
+    args.starts = {named(s): system_name(FINE_TUNED[s], clean_set=args.clean_set)
+                   for s in systems if s in FINE_TUNED}  # fmt: skip
     return args
 
 
@@ -623,7 +621,7 @@ def main(argv: List[str]) -> int:
         }
         if args.kinds[name] in CLEAN_USERS:
             entry["clean_set"] = args.clean_set
-        if args.kinds[name] in FINETUNED:
+        if args.kinds[name] in FINE_TUNED:
             entry["finetune_updates"] = finetune_updates(args, profile)
         entry.update(evaluate(name, work, profile))
         add_output_shares(entry, name, work)

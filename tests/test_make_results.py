@@ -234,3 +234,23 @@ def test_fine_tuning_recipes_are_chosen_on_validation_per_clean_set():
     assert rows["| val500: val lines 0-499"][4] == (
         "50 updates: 14.00 / 15.00 / 15.00 (Δ +5.00 / +5.00) (of 1)")
     assert "Recipes: 50 updates (the default) and 10, 25 updates" in "\n".join(lines)
+
+
+def test_seeds_compare_keep_tokens_with_the_recipe_each_seed_chose_on_validation(tmp_path):
+    runs = [seeded(1, 12.0, 14.0), seeded(2, 14.0, 14.5)]
+    # Seed 1 tried two more recipes (25 beats the default on validation, 10 does not);
+    # seed 2 only the default: no chosen row for it.
+    runs[0]["profile_config"] = {"finetune_updates": 50}
+    runs[0]["systems"] |= {
+        "finetune-u25": entry(15.0, 13.0) | {"finetune_updates": 25, "train_seconds": 15.0},
+        "finetune-u10": entry(13.0, 16.0) | {"finetune_updates": 10, "train_seconds": 6.0},
+    }
+    for results, keep in zip(runs, (16.0, 15.0)):
+        results["systems"]["gglm-keep-tokens"] = entry(keep, keep) | {"train_seconds": 1200.0}
+    text = "\n".join(seeds_section(runs, tmp_path))
+    assert "| gglm-keep-tokens | 15.50 ± 0.71 (n=2) |" in text
+    assert "| finetune, recipe chosen on valid | 15.00 (n=1) | 13.00 (n=1) |" in text
+    chosen_gain = "| gglm-keep-tokens − finetune, recipe chosen on valid | test_2016_flickr |"
+    assert f"{chosen_gain} 3.00 (n=1) | +3.00 | – |" in text
+    assert "| gglm-keep-tokens − gglm | valid | 2.50 ± 2.12 (n=2) | +4.00, +1.00 | yes |" in text
+    assert "Recipes chosen on validation (fine-tuning updates): finetune seed 1: 25." in text

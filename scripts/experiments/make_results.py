@@ -437,8 +437,44 @@ def paracrawl_section(results: Dict, key: str, docs: Path) -> List[str]:
 
 
 # The systems compared over seeds, and the issue's targets between them (on both tests).
-SEEDED = ("baseline", "baseline-long", "gglm", "finetune", "finetune-gglm", "oracle")
+KEEP_TOKENS = system_name("gglm", "keep-tokens")
+# The row of a fine-tuned system whose recipe each seed chose on validation.
+CHOSEN = {kind: f"{kind}, recipe chosen on valid" for kind in FINE_TUNED}
+SEEDED = ("baseline", "baseline-long", "gglm", KEEP_TOKENS, "finetune", CHOSEN["finetune"],
+          "finetune-gglm", CHOSEN["finetune-gglm"], "oracle")  # fmt: skip
 SETS = ("valid", *TESTS)
+
+
+def recipes_tried(systems: Dict) -> List[int]:
+    """The ``--finetune-updates`` values of a run's fine-tuned systems."""
+    return sorted({e["finetune_updates"] for e in systems.values() if "finetune_updates" in e})
+
+
+# A chosen recipe: its --finetune-updates (None for the default), its entry, how many were tried.
+ChosenRecipe = Tuple[Optional[int], Dict, int]
+
+
+def chosen_recipe(systems: Dict, kind: str, clean: str) -> Optional[ChosenRecipe]:
+    """The fine-tuned system of ``kind`` on ``clean`` with the best validation BLEU among the
+    recipes tried (the default and each ``--finetune-updates``); None when none was run."""
+    tried = [(updates, systems[n]) for updates in (None, *recipes_tried(systems))
+             if (n := system_name(kind, "", clean, updates)) in systems]  # fmt: skip
+    if not tried:
+        return None
+    updates, best = max(tried, key=lambda item: item[1]["valid"]["bleu"])
+    return updates, best, len(tried)
+
+
+def with_chosen_recipes(results: Dict) -> Dict:
+    """``results`` with a ``CHOSEN`` system per fine-tuned kind where more than one recipe was
+    tried on the default clean set (the seeds table compares like with like)."""
+    systems = dict(results.get("systems", {}))
+    for kind, name in CHOSEN.items():
+        chosen = chosen_recipe(systems, kind, DEFAULT_CLEAN_SET)
+        if chosen and chosen[2] > 1:
+            updates = chosen[0] or results.get("profile_config", {}).get("finetune_updates")
+            systems[name] = chosen[1] | {"chosen_updates": updates}
+    return results | {"systems": systems}
 
 
 def mean_sd(values: List[float]) -> Tuple[Optional[float], Optional[float]]:
@@ -511,6 +547,7 @@ def seeds_section(runs: List[Dict], docs: Path) -> List[str]:
     and the BLEU-vs-time plot."""
     lines: List[str] = []
     for (profile, noise), group in seed_groups(runs).items():
+        group = [with_chosen_recipes(r) for r in group]
         seeds = [r["setting"]["seed"] for r in group]
         lines += [f"## Over seeds: noisy Multi30k, noise {noise}, profile {profile}", "",
                   f"Seeds {seeds} (each seed is its own noise injection, sentencepiece model "
@@ -530,7 +567,8 @@ def seeds_section(runs: List[Dict], docs: Path) -> List[str]:
         lines += table(["system", *[f"{s} BLEU" for s in SETS], "train min", "detection AUC"],
                        rows) + [""]  # fmt: skip
         pairs = [("gglm", "baseline"), ("gglm", "baseline-long"), ("finetune-gglm", "finetune"),
-                 ("gglm", "finetune")]  # fmt: skip
+                 ("gglm", "finetune"), ("gglm", CHOSEN["finetune"]), (KEEP_TOKENS, "baseline"),
+                 (KEEP_TOKENS, "gglm"), (KEEP_TOKENS, CHOSEN["finetune"])]  # fmt: skip
         rows = []
         for ours, theirs in pairs:
             for subset in SETS:
@@ -548,6 +586,12 @@ def seeds_section(runs: List[Dict], docs: Path) -> List[str]:
             lines += ["A difference is called real here only when its mean exceeds the seed "
                       f"spread (|mean| > sd); with {len(group)} seeds that is a weak test.",
                       ""]  # fmt: skip
+        chosen = [f"{kind} seed {r['setting']['seed']}: {r['systems'][n]['chosen_updates']}"
+                  for kind, n in CHOSEN.items() for r in group if n in r["systems"]]  # fmt: skip
+        if chosen:
+            lines += ["Recipes chosen on validation (fine-tuning updates): "
+                      + ", ".join(chosen) + ". The target compares GGLM with this row: "
+                      "GGLM >= fine-tuning + 0.5 BLEU on both tests, mean over seeds.", ""]
         plot = docs / f"results_m30k-{profile}-p{noise}_seeds_curve.png"
         if curve_plot(group, plot):
             lines += [f"![validation BLEU against training time]({plot.name})", "",
@@ -587,8 +631,7 @@ def clean_sets_section(runs: List[Dict]) -> List[str]:
                   + " / ".join(fmt(baseline[s]["bleu"]) for s in SETS) + f" (valid / {TESTS[0]}"
                   f" / {TESTS[1]}, as below); Δ = minus the baseline on the two tests.", ""]
         # Fine-tuning recipes (--finetune-updates) beside the default: the best on validation.
-        recipes = sorted({e["finetune_updates"] for e in systems.values()
-                          if "finetune_updates" in e})  # fmt: skip
+        recipes = recipes_tried(systems)
         default_updates = results.get("profile_config", {}).get("finetune_updates")
         rows = []
         for name, about in described.items():
@@ -599,14 +642,13 @@ def clean_sets_section(runs: List[Dict]) -> List[str]:
                 row.append(with_gain(entry if entry and clean_set(entry) == name else None,
                                      baseline))  # fmt: skip
             for system in FINE_TUNED if recipes else ():
-                tried = [(updates, systems[n]) for updates in (None, *recipes)
-                         if (n := system_name(system, "", name, updates)) in systems]  # fmt: skip
-                if not tried:
+                chosen = chosen_recipe(systems, system, name)
+                if chosen is None:
                     row.append("not run")
                     continue
-                updates, best = max(tried, key=lambda item: item[1]["valid"]["bleu"])
+                updates, best, tried = chosen
                 row.append(f"{updates or default_updates} updates: {with_gain(best, baseline)} "
-                           f"(of {len(tried)})")
+                           f"(of {tried})")
             detection = systems.get("gglm" + suffix, {}).get("detection", {})
             row.append(fmt(detection.get("mask_rate", {}).get("all"), 3))
             row.append(percent(detection.get("mean_mask_rate", {}).get("clean")))
@@ -616,7 +658,7 @@ def clean_sets_section(runs: List[Dict]) -> List[str]:
                   "GGLM train min"]  # fmt: skip
         if recipes:  # after the CLEAN_USERS columns, as in the rows
             where = 1 + len(CLEAN_USERS)
-            header[where:where] = [f"{system}, recipe chosen on valid" for system in FINE_TUNED]
+            header[where:where] = list(CHOSEN.values())
         lines += table(header, rows) + [""]
         if recipes:
             lines += [f"Recipes: {default_updates} updates (the default) and "

@@ -19,13 +19,14 @@
 #     5. the alignment probe of the noise-0.4 baseline (kept if its JSON exists)
 #   full (about 2 h per seed on 2 cores): noisy Multi30k, noise 0.4, for each of --seeds
 #     (default "1 2 3"): baseline-long (which also scores baseline), gglm, finetune,
-#     finetune-gglm (and oracle for seed 1), validation BLEU every 260 updates; the alignment
-#     probe of seed 1's baseline; the results page adds means over seeds and the BLEU-vs-time plot;
+#     finetune-gglm (and oracle for seed 1), validation BLEU every 260 updates, the fine-tuned
+#     systems also at each of --finetune-recipes updates (the page picks the recipe with the
+#     best validation BLEU per seed and clean set) and the --full-variants of GGLM (keep-tokens:
+#     the update kept full); the alignment probe of seed 1's baseline; the results page adds
+#     means over seeds and the BLEU-vs-time plot;
 #     then, on seed 1's data, gglm, finetune and finetune-gglm with each of --clean-sets (another
 #     domain: newstest2021; tiny: 100 and 50 pairs), beside the default clean set, with the
-#     fine-tuned systems also at each of --finetune-recipes updates (the page picks the recipe
-#     with the best validation BLEU per clean set); the
-#     --full-variants of GGLM on seed 1's data (keep-tokens: the update kept full); and, each in
+#     same --finetune-recipes; and, each in
 #     its own folder, seed 1 with one part of the setup changed (--setups; d0.3: dropout 0.3,
 #     spm-clean: sentencepiece trained on the text before the noise): baseline, gglm and both
 #     fine-tuned systems
@@ -117,24 +118,30 @@ for profile in $profiles; do
       fi
       runner scripts/experiments/noisy_multi30k.py --profile full --work "$work" \
         --noise 0.4 --seed "$seed" --systems "$systems" --curve-every 260
+      # Each seed's fine-tuning recipes (the page compares GGLM with the one chosen on valid)
+      # and its --full-variants of GGLM.
+      for updates in $finetune_recipes; do
+        runner scripts/experiments/noisy_multi30k.py --profile full --work "$work" --noise 0.4 \
+          --seed "$seed" --systems finetune,finetune-gglm --finetune-updates "$updates"
+      done
+      for name in $full_variants; do
+        # shellcheck disable=SC2086  # the runner flags are several words on purpose
+        runner scripts/experiments/noisy_multi30k.py --profile full --work "$work" \
+          --noise 0.4 --seed "$seed" --systems gglm --tag "$name" --gglm-args "${flags[$name]}" \
+          ${runner_flags[$name]:-}
+      done
     done
     probe "$m30k"
     for clean in $clean_sets; do
       runner scripts/experiments/noisy_multi30k.py --profile full --work "$m30k" --noise 0.4 \
         --seed 1 --systems gglm,finetune,finetune-gglm --clean-set "$clean" --curve-every 260
     done
-    for clean in val500 $clean_sets; do
+    for clean in $clean_sets; do
       for updates in $finetune_recipes; do
         runner scripts/experiments/noisy_multi30k.py --profile full --work "$m30k" --noise 0.4 \
           --seed 1 --systems finetune,finetune-gglm --clean-set "$clean" \
           --finetune-updates "$updates"
       done
-    done
-    for name in $full_variants; do
-      # shellcheck disable=SC2086  # the runner flags are several words on purpose
-      runner scripts/experiments/noisy_multi30k.py --profile full --work "$m30k" --noise 0.4 \
-        --seed 1 --systems gglm --tag "$name" --gglm-args "${flags[$name]}" \
-        ${runner_flags[$name]:-}
     done
     for name in $setups; do
       # shellcheck disable=SC2086

@@ -247,8 +247,12 @@ def test_seeds_compare_keep_tokens_with_the_recipe_each_seed_chose_on_validation
     }
     for results, keep in zip(runs, (16.0, 15.0)):
         results["systems"]["gglm-keep-tokens"] = entry(keep, keep) | {"train_seconds": 1200.0}
+    # The control at equal candidate cost (mask-only on the same batches), seed 1 only.
+    runs[0]["systems"]["gglm-mask-8192"] = entry(14.5, 14.0) | {"train_seconds": 1300.0}
     text = "\n".join(seeds_section(runs, tmp_path))
     assert "| gglm-keep-tokens | 15.50 ± 0.71 (n=2) |" in text
+    assert "| gglm-mask-8192 | 14.50 (n=1) |" in text
+    assert "| gglm-keep-tokens − gglm-mask-8192 | valid | 1.50 (n=1) | +1.50 | – |" in text
     assert "| finetune, recipe chosen on valid | 15.00 (n=1) | 13.00 (n=1) |" in text
     chosen_gain = "| gglm-keep-tokens − finetune, recipe chosen on valid | test_2016_flickr |"
     assert f"{chosen_gain} 3.00 (n=1) | +3.00 | – |" in text

@@ -3,7 +3,8 @@
 #
 #   scripts/experiments/run_all.sh [--profiles "quick full"] [--runs DIR] [--variants "adam ema"]
 #                                  [--noise-levels "0.2 0"] [--seeds "1 2 3"]
-#                                  [--clean-sets "wmt21 val100 val50"] [--full-variants keep-tokens]
+#                                  [--clean-sets "wmt21 val100 val50"]
+#                                  [--full-variants "keep-tokens mask-8192"]
 #                                  [--setups "d0.3 spm-clean"] [--finetune-recipes "10 25"]
 #                                  [--page-only] [--docs docs]
 #
@@ -22,7 +23,8 @@
 #     finetune-gglm (and oracle for seed 1), validation BLEU every 260 updates, the fine-tuned
 #     systems also at each of --finetune-recipes updates (the page picks the recipe with the
 #     best validation BLEU per seed and clean set) and the --full-variants of GGLM (keep-tokens:
-#     the update kept full); the alignment probe of seed 1's baseline; the results page adds
+#     the update kept full; mask-8192: its control at equal candidate cost, mask-only GGLM on
+#     the same 8,192-token batches); the alignment probe of seed 1's baseline; the results page adds
 #     means over seeds and the BLEU-vs-time plot;
 #     then, on seed 1's data, gglm, finetune and finetune-gglm with each of --clean-sets (another
 #     domain: newstest2021; tiny: 100 and 50 pairs), beside the default clean set, with the
@@ -43,7 +45,7 @@ variants+=" keep-tokens soft batch-mean batch-quantile"
 noise_levels="0.2 0"
 seeds="1 2 3"
 clean_sets="wmt21 val100 val50"
-full_variants="keep-tokens"
+full_variants="keep-tokens mask-8192"
 setups="d0.3 spm-clean"
 finetune_recipes="10 25"
 page_only=0
@@ -75,15 +77,18 @@ declare -A flags=(
   [token]="--gglm-granularity token"
   [cross-attention]="--gglm-parameters encoder_attn"
   [keep-tokens]="--gglm-keep-tokens 3100"
+  [mask-8192]=""
   [soft]="--gglm-weighting soft"
   [batch-mean]="--gglm-threshold-mode batch-mean"
   [batch-quantile]="--gglm-threshold-mode batch-quantile --gglm-threshold-quantile 0.4"
 )
 # Variant name -> extra runner flags: keep-tokens picks its 3100 target tokens (the baseline's
 # mean per update, measured at the full profile: 3131) from candidate batches twice the
-# profile's --max-tokens (full when at least half the candidates pass the threshold).
+# profile's --max-tokens (full when at least half the candidates pass the threshold);
+# mask-8192 is its control at equal candidate cost: mask-only GGLM on the same batches.
 declare -A runner_flags=(
   [keep-tokens]="--candidate-max-tokens 8192"
+  [mask-8192]="--candidate-max-tokens 8192"
 )
 # Setup name -> runner flags (each setup is its own folder: other data or another model).
 declare -A setup_flags=(

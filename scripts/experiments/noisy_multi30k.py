@@ -300,6 +300,11 @@ def _set(command: List[str], flag: str, value: str) -> List[str]:
     return out
 
 
+def max_update(command: Sequence[str]) -> int:
+    """The ``--max-update`` of a training command: the update its last checkpoint is at."""
+    return int(command[list(command).index("--max-update") + 1])
+
+
 def evaluate(
     name: str,
     work: Path,
@@ -452,9 +457,7 @@ def add_output_shares(entry: Dict[str, object], name: str, work: Path) -> None:
 
 def add_trained_tokens(entry: Dict[str, object], name: str, work: Path) -> None:
     """``trained_tokens_per_update`` from the system's training log (kept when it is gone)."""
-    command = entry["train_command"]
-    last = int(command[command.index("--max-update") + 1])
-    tokens = trained_tokens(work / "logs" / f"train-{name}.log", last)
+    tokens = trained_tokens(work / "logs" / f"train-{name}.log", max_update(entry["train_command"]))
     if tokens is not None:
         entry["trained_tokens_per_update"] = tokens
 
@@ -627,8 +630,8 @@ def main(argv: List[str]) -> int:
         add_output_shares(entry, name, work)
         add_trained_tokens(entry, name, work)
         if args.curve_every or name == "baseline-long":
-            final = int(command[command.index("--max-update") + 1])
-            entry["curve"] = curve(name, work, profile, (final, entry["valid"]["bleu"]))
+            entry["curve"] = curve(name, work, profile,
+                                   (max_update(command), entry["valid"]["bleu"]))
         summary = ", ".join(
             f"{label} BLEU {entry[label]['bleu']} chrF {entry[label]['chrf']}"
             for label in EVAL_SETS.values()

@@ -4,6 +4,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts" / "experiments"))
+import noisy_multi30k  # noqa: E402
 from common import PROFILES  # noqa: E402
 from noisy_multi30k import output_shares, parse_args, system_command  # noqa: E402
 
@@ -57,3 +58,16 @@ def test_a_second_runner_on_the_same_folder_is_refused(tmp_path):
     free = subprocess.run([sys.executable, "-c", script.replace(str(tmp_path), str(other))],
                           capture_output=True, text=True)  # fmt: skip
     assert free.returncode == 0, free.stderr
+
+
+def test_preparing_the_data_again_keeps_the_other_clean_sets(tmp_path, monkeypatch):
+    """A results file restored from the archive into an empty folder has its data prepared
+    again; the descriptions of the other clean sets its systems used must survive that."""
+    monkeypatch.setattr(noisy_multi30k, "prepare_data", lambda *_: {"train_pairs": 400})
+    args = parse_args(["--work", str(tmp_path)])
+    val50 = {"val50": {"pairs": 50, "text": "val lines 0-49"}}
+    earlier = {"train_pairs": 400, "clean_sets": val50}
+    data = noisy_multi30k.prepared_again(args, PROFILES["smoke"], tmp_path, earlier)
+    assert data == {"train_pairs": 400, "clean_sets": val50}
+    assert noisy_multi30k.prepared_again(args, PROFILES["smoke"], tmp_path, {}) == {
+        "train_pairs": 400}

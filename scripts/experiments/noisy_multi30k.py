@@ -201,6 +201,19 @@ def prepare_data(args: argparse.Namespace, profile: Profile, work: Path) -> Dict
     }
 
 
+def prepared_again(
+    args: argparse.Namespace, profile: Profile, work: Path, earlier: Dict[str, object]
+) -> Dict[str, object]:
+    """:func:`prepare_data`'s section for a folder whose data files are gone (a results file
+    restored from the archive, say), keeping the earlier section's other clean sets: the
+    systems trained on them stay in the results, and a run that asks for one of them
+    binarises it again."""
+    data = prepare_data(args, profile, work)
+    if earlier.get("clean_sets"):
+        data["clean_sets"] = earlier["clean_sets"]
+    return data
+
+
 def clean_subset(args: argparse.Namespace) -> str:
     return "clean" if args.clean_set == DEFAULT_CLEAN_SET else f"clean_{args.clean_set}"
 
@@ -584,7 +597,7 @@ def main(argv: List[str]) -> int:
     setting = setting_of(args, profile)
     results_path, results = open_results(work, "noisy_multi30k", setting, profile, argv)
     if "data" not in results or not (work / "bin" / f"dict.{SRC}.txt").exists():
-        results["data"] = prepare_data(args, profile, work)
+        results["data"] = prepared_again(args, profile, work, results.get("data", {}))
         save_results(results_path, results)
     if args.clean_set != DEFAULT_CLEAN_SET:
         pairs = prepare_clean_set(args, work)

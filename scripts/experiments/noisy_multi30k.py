@@ -315,7 +315,7 @@ def _set(command: List[str], flag: str, value: str) -> List[str]:
 
 def max_update(command: Sequence[str]) -> int:
     """The ``--max-update`` of a training command: the update its last checkpoint is at."""
-    return int(command[list(command).index("--max-update") + 1])
+    return int(command[command.index("--max-update") + 1])
 
 
 def evaluate(

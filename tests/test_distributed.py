@@ -94,6 +94,11 @@ for step in range(2):  # the reducer must be ready again for the second update
     aligned.masked_loss((aligned.alignment > 0).float()).backward()
 if rank == 0:
     torch.save([p.grad for p in trainable_parameters(model)], {out!r})
+# Close gloo before exit: left to interpreter teardown, its threads can abort the process
+# ("terminate called without an active exception", seen once in CI).
+del wrapped
+dist.barrier()
+dist.destroy_process_group()
 """
 
 

@@ -116,7 +116,8 @@ def test_other_clean_sets_sit_beside_the_default_and_stay_out_of_the_variants():
     assert names == ["gglm", "baseline"]
     results["commands"] = [
         "noisy_multi30k.py --systems gglm,finetune,baseline --clean-set val50 --tag x"]
-    assert asked_systems(results) == ["gglm-x-clean-val50", "finetune-clean-val50", "baseline"]
+    # A tag names the baseline too (its larger-batch control); fine-tuning keeps its name.
+    assert asked_systems(results) == ["gglm-x-clean-val50", "finetune-clean-val50", "baseline-x"]
 
 
 def test_run_all_page_only_archives_the_results_and_reads_the_archive_back(tmp_path):
@@ -189,12 +190,15 @@ def test_keep_tokens_section_shows_trained_tokens_beside_mask_only():
     results["systems"] |= {"gglm-keep-tokens": trained("--gglm-keep-tokens 3100", 8192, 3050.0)}
     results["systems"]["gglm"] |= {"train_command": ["--max-tokens", "4096"],
                                    "trained_tokens_per_update": 2268.0}  # fmt: skip
+    results["systems"]["baseline-8192"] = trained("", 8192, 6300.0)
     lines = keep_tokens_section([results])
     assert lines[0] == "## Keeping the update full: noisy Multi30k, noise 0.4, profile full, seed 1"
     rows = [line for line in lines if line.startswith("| baseline") or line.startswith("| gglm")]
-    assert [row.split(" | ")[0] for row in rows] == ["| baseline", "| gglm", "| gglm-keep-tokens"]
-    assert rows[1].startswith("| gglm |  | 4096 | 2268 | 12.00 / 12.00 / 12.00 |")
-    assert rows[2].startswith("| gglm-keep-tokens | `--gglm-keep-tokens 3100` | 8192 | 3050 |")
+    assert [row.split(" | ")[0] for row in rows] == [
+        "| baseline", "| baseline-8192", "| gglm", "| gglm-keep-tokens"]
+    assert rows[1].startswith("| baseline-8192 |  | 8192 | 6300 | 9.00 / 9.00 / 9.00 |")
+    assert rows[2].startswith("| gglm |  | 4096 | 2268 | 12.00 / 12.00 / 12.00 |")
+    assert rows[3].startswith("| gglm-keep-tokens | `--gglm-keep-tokens 3100` | 8192 | 3050 |")
     assert keep_tokens_section([seeded(1, 12.0, 14.0)]) == []  # no keep-tokens system: nothing
 
 
@@ -249,7 +253,14 @@ def test_seeds_compare_keep_tokens_with_the_recipe_each_seed_chose_on_validation
         results["systems"]["gglm-keep-tokens"] = entry(keep, keep) | {"train_seconds": 1200.0}
     # The control at equal candidate cost (mask-only on the same batches), seed 1 only.
     runs[0]["systems"]["gglm-mask-8192"] = entry(14.5, 14.0) | {"train_seconds": 1300.0}
+    # The baseline on the same batches (is the gain the batch's or the mask's?), both seeds.
+    for results, large in zip(runs, (15.0, 13.0)):
+        results["systems"]["baseline-8192"] = entry(large, large) | {"train_seconds": 900.0}
     text = "\n".join(seeds_section(runs, tmp_path))
+    assert "| baseline-8192 | 14.00 ± 1.41 (n=2) |" in text
+    large = "| gglm-keep-tokens − baseline-8192 | valid | 1.50 ± 0.71 (n=2) | +1.00, +2.00 | yes |"
+    assert large in text
+    assert "| gglm-mask-8192 − baseline-8192 | valid | -0.50 (n=1) | -0.50 | – |" in text
     assert "| gglm-keep-tokens | 15.50 ± 0.71 (n=2) |" in text
     assert "| gglm-mask-8192 | 14.50 (n=1) |" in text
     assert "| gglm-keep-tokens − gglm-mask-8192 | valid | 1.50 (n=1) | +1.50 | – |" in text

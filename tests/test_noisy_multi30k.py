@@ -26,18 +26,35 @@ def flag(command, name):
     return command[command.index(name) + 1]
 
 
-def test_candidate_max_tokens_enlarges_gglm_batches_only(tmp_path):
+def test_candidate_max_tokens_enlarges_the_tagged_systems_batches(tmp_path):
     profile = PROFILES["quick"]
-    args = parse_args(["--work", str(tmp_path), "--candidate-max-tokens", "8192",
+    args = parse_args(["--work", str(tmp_path), "--candidate-max-tokens", "8192", "--tag", "big",
+                       "--systems", "baseline,gglm,finetune",
                        "--gglm-args", "--gglm-keep-tokens 4096"])  # fmt: skip
-    gglm = system_command("gglm", args, profile, tmp_path)
+    assert args.system_names == ["baseline-big", "gglm-big", "finetune"]
+    gglm = system_command("gglm-big", args, profile, tmp_path)
     assert flag(gglm, "--max-tokens") == "8192" and gglm.count("--max-tokens") == 1
     assert flag(gglm, "--clean-max-tokens") == str(profile.max_tokens // 4)
     assert flag(gglm, "--gglm-keep-tokens") == "4096"
-    assert flag(system_command("baseline", args, profile, tmp_path), "--max-tokens") == "4096"
+    # The control: the baseline on the same batches, without a mask, under its own name.
+    baseline = system_command("baseline-big", args, profile, tmp_path)
+    assert flag(baseline, "--max-tokens") == "8192" and baseline.count("--max-tokens") == 1
+    assert flag(baseline, "--criterion") == "label_smoothed_cross_entropy"
+    # Fine-tuning still starts from the untagged baseline, on the profile's batches.
+    assert args.starts == {"finetune": "baseline"}
+    assert flag(system_command("finetune", args, profile, tmp_path), "--max-tokens") == "4096"
     plain = parse_args(["--work", str(tmp_path)])
     default = system_command("gglm", plain, profile, tmp_path)
     assert flag(default, "--max-tokens") == "4096" and "--clean-max-tokens" not in default
+
+
+def test_larger_batches_without_a_tag_are_refused(tmp_path, capsys):
+    """Untagged, the larger batches would overwrite the default baseline's and GGLM's records."""
+    import pytest
+
+    with pytest.raises(SystemExit):
+        parse_args(["--work", str(tmp_path), "--candidate-max-tokens", "8192"])
+    assert "--candidate-max-tokens needs --tag" in capsys.readouterr().err
 
 
 def test_a_second_runner_on_the_same_folder_is_refused(tmp_path):

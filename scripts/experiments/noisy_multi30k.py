@@ -27,7 +27,9 @@ Systems (same model, same number of updates of the same batch size):
   ``--gglm-args``; ``--tag T`` names the system ``gglm-T`` so variants sit side by side;
   ``--candidate-max-tokens N`` draws GGLM's batches of N tokens instead of the profile's
   ``--max-tokens``, for ``--gglm-keep-tokens``, which trains on the best of them; the clean
-  batch keeps its size, a quarter of the profile's ``--max-tokens``);
+  batch keeps its size, a quarter of the profile's ``--max-tokens``). A tagged baseline
+  (``baseline-T``) trains on batches of ``--candidate-max-tokens`` too: the control for
+  whether a gain of GGLM on larger batches comes from the batch or from the mask;
 - ``oracle``: only the uncorrupted pairs;
 - ``baseline-long``: the baseline trained for ``--long-ratio`` times the updates, GGLM's time
   per update at its defaults (the baseline given GGLM's wall-clock). Its checkpoint at the
@@ -268,11 +270,12 @@ def system_command(name: str, args: argparse.Namespace, profile: Profile, work: 
         command += ["--save-interval-updates", str(every), "--keep-interval-updates", "-1"]
     if kind == "baseline-long":
         command = _set(command, "--max-update", str(long_updates(args, profile)))
+    if args.candidate_max_tokens and kind in ("gglm", "baseline"):
+        command = _set(command, "--max-tokens", str(args.candidate_max_tokens))
     if kind == "gglm":
         if args.candidate_max_tokens:
             # Larger candidate batches only: the clean batch stays what the default makes of
             # the profile's --max-tokens (--gglm-args may still set its own, given later).
-            command = _set(command, "--max-tokens", str(args.candidate_max_tokens))
             command += ["--clean-max-tokens", str(profile.max_tokens // 4)]
         return command + [
             "--task", "translation_with_clean_set", "--clean-subset", clean_subset(args),
@@ -506,11 +509,13 @@ def parse_args(argv: List[str]) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=1, help="seed of noise and training")
     parser.add_argument("--systems", default=",".join(SYSTEMS), help="comma-separated systems")
     parser.add_argument("--gglm-args", default="", help="extra flags for GGLM (a variant)")
-    parser.add_argument("--tag", default="", help="name the GGLM system gglm-TAG")
+    parser.add_argument(
+        "--tag", default="", help="name the GGLM and baseline systems gglm-TAG, baseline-TAG")
     parser.add_argument(
         "--candidate-max-tokens", type=int, default=0,
-        help="GGLM only: batches of this many tokens replace the profile's --max-tokens (for "
-        "--gglm-keep-tokens; the clean batch keeps a quarter of the profile's); 0: off",
+        help="GGLM and a tagged baseline: batches of this many tokens replace the profile's "
+        "--max-tokens (for --gglm-keep-tokens; the clean batch keeps a quarter of the "
+        "profile's); needs --tag; 0: off",
     )  # fmt: skip
     parser.add_argument(
         "--data", default=str(SHARED_DATA / "multi30k"),
@@ -559,6 +564,10 @@ def parse_args(argv: List[str]) -> argparse.Namespace:
     unknown = [s for s in systems if s not in SYSTEMS]
     if unknown:
         parser.error(f"unknown systems {unknown}; choose from {list(SYSTEMS)}")
+    if args.candidate_max_tokens and not args.tag:
+        # Untagged, the larger batches would replace the default systems' records.
+        parser.error("--candidate-max-tokens needs --tag (the systems become gglm-TAG, "
+                     "baseline-TAG beside the defaults)")
     if args.curve_every and PROFILES[args.profile].updates % args.curve_every:
         parser.error(
             "--curve-every must divide the profile's updates (baseline-long needs "

@@ -4,7 +4,7 @@
 #   scripts/experiments/run_all.sh [--profiles "quick full"] [--runs DIR] [--variants "adam ema"]
 #                                  [--noise-levels "0.2 0"] [--seeds "1 2 3"]
 #                                  [--clean-sets "wmt21 val100 val50"]
-#                                  [--full-variants "keep-tokens mask-8192"]
+#                                  [--full-variants "keep-tokens mask-8192 baseline-8192"]
 #                                  [--setups "d0.3 spm-clean"] [--finetune-recipes "10 25"]
 #                                  [--page-only] [--docs docs]
 #
@@ -24,7 +24,8 @@
 #     systems also at each of --finetune-recipes updates (the page picks the recipe with the
 #     best validation BLEU per seed and clean set) and the --full-variants of GGLM (keep-tokens:
 #     the update kept full; mask-8192: its control at equal candidate cost, mask-only GGLM on
-#     the same 8,192-token batches); the alignment probe of seed 1's baseline; the results page adds
+#     the same 8,192-token batches; baseline-8192: the baseline on those batches, the batch
+#     without a mask); the alignment probe of seed 1's baseline; the results page adds
 #     means over seeds and the BLEU-vs-time plot;
 #     then, on seed 1's data, gglm, finetune and finetune-gglm with each of --clean-sets (another
 #     domain: newstest2021; tiny: 100 and 50 pairs), beside the default clean set, with the
@@ -45,7 +46,7 @@ variants+=" keep-tokens soft batch-mean batch-quantile"
 noise_levels="0.2 0"
 seeds="1 2 3"
 clean_sets="wmt21 val100 val50"
-full_variants="keep-tokens mask-8192"
+full_variants="keep-tokens mask-8192 baseline-8192"
 setups="d0.3 spm-clean"
 finetune_recipes="10 25"
 page_only=0
@@ -130,6 +131,11 @@ for profile in $profiles; do
           --seed "$seed" --systems finetune,finetune-gglm --finetune-updates "$updates"
       done
       for name in $full_variants; do
+        if [ "$name" = baseline-8192 ]; then
+          runner scripts/experiments/noisy_multi30k.py --profile full --work "$work" \
+            --noise 0.4 --seed "$seed" --systems baseline --tag 8192 --candidate-max-tokens 8192
+          continue
+        fi
         # shellcheck disable=SC2086  # the runner flags are several words on purpose
         runner scripts/experiments/noisy_multi30k.py --profile full --work "$work" \
           --noise 0.4 --seed "$seed" --systems gglm --tag "$name" --gglm-args "${flags[$name]}" \

@@ -116,8 +116,9 @@ def test_other_clean_sets_sit_beside_the_default_and_stay_out_of_the_variants():
     assert names == ["gglm", "baseline"]
     results["commands"] = [
         "noisy_multi30k.py --systems gglm,finetune,baseline --clean-set val50 --tag x"]
-    # A tag names the baseline too (its larger-batch control); fine-tuning keeps its name.
-    assert asked_systems(results) == ["gglm-x-clean-val50", "finetune-clean-val50", "baseline-x"]
+    # A tag names the baseline and the fine-tuned systems too.
+    assert asked_systems(results) == ["gglm-x-clean-val50", "finetune-x-clean-val50",
+                                      "baseline-x"]  # fmt: skip
 
 
 def test_run_all_page_only_archives_the_results_and_reads_the_archive_back(tmp_path):
@@ -208,7 +209,8 @@ def test_asked_systems_are_named_as_the_runner_names_them():
                             runner + "--systems gglm,finetune --tag keep --clean-set val50",
                             runner + "--systems baseline,finetune,finetune-gglm "
                             "--finetune-updates 10 --clean-set val100"]}  # fmt: skip
-    assert asked_systems(results) == ["gglm-keep-clean-val50", "finetune-clean-val50", "baseline",
+    assert asked_systems(results) == ["gglm-keep-clean-val50", "finetune-keep-clean-val50",
+                                      "baseline",
                                       "finetune-u10-clean-val100",
                                       "finetune-gglm-u10-clean-val100"]  # fmt: skip
 
@@ -256,7 +258,21 @@ def test_seeds_compare_keep_tokens_with_the_recipe_each_seed_chose_on_validation
     # The baseline on the same batches (is the gain the batch's or the mask's?), both seeds.
     for results, large in zip(runs, (15.0, 13.0)):
         results["systems"]["baseline-8192"] = entry(large, large) | {"train_seconds": 900.0}
+    # Both fine-tuned from their own starts (tagged as those), two recipes each on seed 1.
+    runs[0]["systems"] |= {
+        "finetune-gglm-keep-tokens": entry(17.0, 17.5) | {"train_seconds": 15.0},
+        "finetune-gglm-keep-tokens-u10": entry(18.0, 16.5) | {"finetune_updates": 10,
+                                                              "train_seconds": 5.0},
+        "finetune-8192": entry(16.0, 16.0) | {"train_seconds": 15.0},
+        "finetune-8192-u10": entry(15.0, 17.0) | {"finetune_updates": 10, "train_seconds": 5.0},
+    }
     text = "\n".join(seeds_section(runs, tmp_path))
+    keep = "| finetune-gglm-keep-tokens, recipe chosen on valid | 18.00 (n=1) | 16.50 (n=1) |"
+    assert keep in text
+    assert "| finetune-8192, recipe chosen on valid | 16.00 (n=1) | 16.00 (n=1) |" in text
+    tuned = ("| finetune-gglm-keep-tokens, recipe chosen on valid − finetune-8192, recipe chosen "
+             "on valid | test_2016_flickr | 0.50 (n=1) | +0.50 | – |")
+    assert tuned in text
     assert "| baseline-8192 | 14.00 ± 1.41 (n=2) |" in text
     large = "| gglm-keep-tokens − baseline-8192 | valid | 1.50 ± 0.71 (n=2) | +1.00, +2.00 | yes |"
     assert large in text
@@ -268,4 +284,5 @@ def test_seeds_compare_keep_tokens_with_the_recipe_each_seed_chose_on_validation
     chosen_gain = "| gglm-keep-tokens − finetune, recipe chosen on valid | test_2016_flickr |"
     assert f"{chosen_gain} 3.00 (n=1) | +3.00 | – |" in text
     assert "| gglm-keep-tokens − gglm | valid | 2.50 ± 2.12 (n=2) | +4.00, +1.00 | yes |" in text
-    assert "Recipes chosen on validation (fine-tuning updates): finetune seed 1: 25." in text
+    assert ("Recipes chosen on validation (fine-tuning updates): finetune seed 1: 25, "
+            "finetune-8192 seed 1: 50, finetune-gglm-keep-tokens seed 1: 10.") in text

@@ -31,7 +31,7 @@ def test_candidate_max_tokens_enlarges_the_tagged_systems_batches(tmp_path):
     args = parse_args(["--work", str(tmp_path), "--candidate-max-tokens", "8192", "--tag", "big",
                        "--systems", "baseline,gglm,finetune",
                        "--gglm-args", "--gglm-keep-tokens 4096"])  # fmt: skip
-    assert args.system_names == ["baseline-big", "gglm-big", "finetune"]
+    assert args.system_names == ["baseline-big", "gglm-big", "finetune-big"]
     gglm = system_command("gglm-big", args, profile, tmp_path)
     assert flag(gglm, "--max-tokens") == "8192" and gglm.count("--max-tokens") == 1
     assert flag(gglm, "--clean-max-tokens") == str(profile.max_tokens // 4)
@@ -40,9 +40,11 @@ def test_candidate_max_tokens_enlarges_the_tagged_systems_batches(tmp_path):
     baseline = system_command("baseline-big", args, profile, tmp_path)
     assert flag(baseline, "--max-tokens") == "8192" and baseline.count("--max-tokens") == 1
     assert flag(baseline, "--criterion") == "label_smoothed_cross_entropy"
-    # Fine-tuning still starts from the untagged baseline, on the profile's batches.
-    assert args.starts == {"finetune": "baseline"}
-    assert flag(system_command("finetune", args, profile, tmp_path), "--max-tokens") == "4096"
+    # Fine-tuning starts from the baseline of the same tag, on the profile's batches.
+    assert args.starts == {"finetune-big": "baseline-big"}
+    finetune = system_command("finetune-big", args, profile, tmp_path)
+    assert flag(finetune, "--max-tokens") == "4096"
+    assert flag(finetune, "--restore-file").endswith("checkpoints/baseline-big/checkpoint_last.pt")
     plain = parse_args(["--work", str(tmp_path)])
     default = system_command("gglm", plain, profile, tmp_path)
     assert flag(default, "--max-tokens") == "4096" and "--clean-max-tokens" not in default

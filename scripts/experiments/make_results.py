@@ -442,11 +442,23 @@ KEEP_TOKENS = system_name("gglm", "keep-tokens")
 EQUAL_CANDIDATES = system_name("gglm", "mask-8192")
 # The baseline on those batches: what the larger batch gives without any mask.
 LARGE_BASELINE = system_name("baseline", "8192")
-# The row of a fine-tuned system whose recipe each seed chose on validation.
-CHOSEN = {kind: f"{kind}, recipe chosen on valid" for kind in FINE_TUNED}
+
+
+def chosen_row(kind: str, tag: str = "") -> str:
+    """The row of a fine-tuned system whose recipe each seed chose on validation."""
+    return f"{system_name(kind, tag)}, recipe chosen on valid"
+
+
+CHOSEN = {kind: chosen_row(kind) for kind in FINE_TUNED}
+# The fine-tuned systems whose recipes are chosen per seed, as (kind, tag): the defaults, and
+# those starting from keep-tokens and from the baseline on the same larger batches.
+RECIPE_CHOICES = (*((kind, "") for kind in FINE_TUNED), ("finetune", "8192"),
+                  ("finetune-gglm", "keep-tokens"))  # fmt: skip
+KEEP_TOKENS_TUNED = chosen_row("finetune-gglm", "keep-tokens")
+LARGE_BASELINE_TUNED = chosen_row("finetune", "8192")
 SEEDED = ("baseline", "baseline-long", LARGE_BASELINE, "gglm", KEEP_TOKENS, EQUAL_CANDIDATES,
           "finetune", CHOSEN["finetune"], "finetune-gglm", CHOSEN["finetune-gglm"],
-          "oracle")  # fmt: skip
+          LARGE_BASELINE_TUNED, KEEP_TOKENS_TUNED, "oracle")  # fmt: skip
 SETS = ("valid", *TESTS)
 
 
@@ -459,11 +471,12 @@ def recipes_tried(systems: Dict) -> List[int]:
 ChosenRecipe = Tuple[Optional[int], Dict, int]
 
 
-def chosen_recipe(systems: Dict, kind: str, clean: str) -> Optional[ChosenRecipe]:
-    """The fine-tuned system of ``kind`` on ``clean`` with the best validation BLEU among the
-    recipes tried (the default and each ``--finetune-updates``); None when none was run."""
+def chosen_recipe(systems: Dict, kind: str, clean: str, tag: str = "") -> Optional[ChosenRecipe]:
+    """The fine-tuned system of ``kind`` (and ``tag``) on ``clean`` with the best validation
+    BLEU among the recipes tried (the default and each ``--finetune-updates``); None when none
+    was run."""
     tried = [(updates, systems[n]) for updates in (None, *recipes_tried(systems))
-             if (n := system_name(kind, "", clean, updates)) in systems]  # fmt: skip
+             if (n := system_name(kind, tag, clean, updates)) in systems]  # fmt: skip
     if not tried:
         return None
     updates, best = max(tried, key=lambda item: item[1]["valid"]["bleu"])
@@ -471,14 +484,14 @@ def chosen_recipe(systems: Dict, kind: str, clean: str) -> Optional[ChosenRecipe
 
 
 def with_chosen_recipes(results: Dict) -> Dict:
-    """``results`` with a ``CHOSEN`` system per fine-tuned kind where more than one recipe was
+    """``results`` with a chosen row per ``RECIPE_CHOICES`` where more than one recipe was
     tried on the default clean set (the seeds table compares like with like)."""
     systems = dict(results.get("systems", {}))
-    for kind, name in CHOSEN.items():
-        chosen = chosen_recipe(systems, kind, DEFAULT_CLEAN_SET)
+    for kind, tag in RECIPE_CHOICES:
+        chosen = chosen_recipe(systems, kind, DEFAULT_CLEAN_SET, tag)
         if chosen and chosen[2] > 1:
             updates = chosen[0] or results.get("profile_config", {}).get("finetune_updates")
-            systems[name] = chosen[1] | {"chosen_updates": updates}
+            systems[chosen_row(kind, tag)] = chosen[1] | {"chosen_updates": updates}
     return results | {"systems": systems}
 
 
@@ -575,7 +588,9 @@ def seeds_section(runs: List[Dict], docs: Path) -> List[str]:
                  ("gglm", "finetune"), ("gglm", CHOSEN["finetune"]), (KEEP_TOKENS, "baseline"),
                  (KEEP_TOKENS, "gglm"), (KEEP_TOKENS, EQUAL_CANDIDATES),
                  (KEEP_TOKENS, LARGE_BASELINE), (EQUAL_CANDIDATES, LARGE_BASELINE),
-                 (KEEP_TOKENS, CHOSEN["finetune"])]  # fmt: skip
+                 (KEEP_TOKENS, CHOSEN["finetune"]), (KEEP_TOKENS_TUNED, CHOSEN["finetune"]),
+                 (KEEP_TOKENS_TUNED, LARGE_BASELINE_TUNED),
+                 (LARGE_BASELINE_TUNED, CHOSEN["finetune"])]  # fmt: skip
         rows = []
         for ours, theirs in pairs:
             for subset in SETS:
@@ -593,8 +608,10 @@ def seeds_section(runs: List[Dict], docs: Path) -> List[str]:
             lines += ["A difference is called real here only when its mean exceeds the seed "
                       f"spread (|mean| > sd); with {len(group)} seeds that is a weak test.",
                       ""]  # fmt: skip
-        chosen = [f"{kind} seed {r['setting']['seed']}: {r['systems'][n]['chosen_updates']}"
-                  for kind, n in CHOSEN.items() for r in group if n in r["systems"]]  # fmt: skip
+        chosen = [f"{system_name(kind, tag)} seed {r['setting']['seed']}: "
+                  f"{r['systems'][n]['chosen_updates']}"
+                  for kind, tag in RECIPE_CHOICES for r in group
+                  if (n := chosen_row(kind, tag)) in r["systems"]]  # fmt: skip
         if chosen:
             lines += ["Recipes chosen on validation (fine-tuning updates): "
                       + ", ".join(chosen) + ". The target compares GGLM with this row: "

@@ -11,8 +11,9 @@ CLEAN_USERS = ("gglm", "finetune", "finetune-gglm")
 SETUP_CHANGES = ("dropout", "subword_data")
 # Systems that continue another system's training on the clean set -> the system they start from.
 FINE_TUNED = {"finetune": "baseline", "finetune-gglm": "gglm"}
-# Systems --tag names (variants beside the default system of the kind).
-TAGGED = ("gglm", "baseline")
+# Systems --tag names (variants beside the default system of the kind); a tagged fine-tuned
+# system starts from the system of the same tag.
+TAGGED = ("gglm", "baseline", *FINE_TUNED)
 
 
 def clean_suffix(clean_set: str) -> str:
@@ -24,9 +25,9 @@ def system_name(
     kind: str, tag: str = "", clean_set: str = DEFAULT_CLEAN_SET,
     finetune_updates: Optional[int] = None,
 ) -> str:  # fmt: skip
-    """The runner's name of a system of ``kind``: ``gglm-TAG`` or ``baseline-TAG`` for a tagged
-    GGLM or baseline, ``-uN`` for a fine-tuned system given ``--finetune-updates N``, then the
-    clean set's suffix."""
+    """The runner's name of a system of ``kind``: ``KIND-TAG`` for a tagged one (``TAGGED``),
+    then ``-uN`` for a fine-tuned system given ``--finetune-updates N``, then the clean set's
+    suffix."""
     name = f"{kind}-{tag}" if kind in TAGGED and tag else kind
     if kind in FINE_TUNED and finetune_updates is not None:
         name += f"-u{finetune_updates}"

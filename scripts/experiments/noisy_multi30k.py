@@ -37,7 +37,8 @@ Systems (same model, same number of updates of the same batch size):
   up to there), so training it also scores ``baseline`` from that checkpoint;
 - ``finetune``: the baseline trained on the clean set for a few more updates, with the
   baseline's final learning rate held constant (fresh Adam state); ``finetune-gglm``: GGLM's
-  model fine-tuned the same way (needs ``gglm``);
+  model fine-tuned the same way (needs ``gglm``); tagged (``--tag T``), they start from
+  ``baseline-T`` and ``gglm-T``;
 - controls (``mask_controls/``): GGLM's pipeline masking exactly the injected-noise pairs
   (``oracle-mask``, a perfect mask) or a random share ``--noise`` of the sentences
   (``random-mask``): what masking costs at this budget, and what choosing well gains.
@@ -510,7 +511,10 @@ def parse_args(argv: List[str]) -> argparse.Namespace:
     parser.add_argument("--systems", default=",".join(SYSTEMS), help="comma-separated systems")
     parser.add_argument("--gglm-args", default="", help="extra flags for GGLM (a variant)")
     parser.add_argument(
-        "--tag", default="", help="name the GGLM and baseline systems gglm-TAG, baseline-TAG")
+        "--tag", default="",
+        help="name the systems KIND-TAG (gglm, baseline and the fine-tuned ones, which start "
+        "from the system of the same tag)",
+    )  # fmt: skip
     parser.add_argument(
         "--candidate-max-tokens", type=int, default=0,
         help="GGLM and a tagged baseline: batches of this many tokens replace the profile's "
@@ -579,8 +583,8 @@ def parse_args(argv: List[str]) -> argparse.Namespace:
 
     args.system_names = [named(s) for s in systems]
     args.kinds = dict(zip(args.system_names, systems))
-    # finetune-gglm starts from the untagged GGLM with the same clean set.
-    args.starts = {named(s): system_name(FINE_TUNED[s], clean_set=args.clean_set)
+    # A fine-tuned system starts from the system of the same tag and clean set.
+    args.starts = {named(s): system_name(FINE_TUNED[s], args.tag, args.clean_set)
                    for s in systems if s in FINE_TUNED}  # fmt: skip
     return args
 

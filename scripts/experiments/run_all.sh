@@ -25,7 +25,8 @@
 #     best validation BLEU per seed and clean set) and the --full-variants of GGLM (keep-tokens:
 #     the update kept full; mask-8192: its control at equal candidate cost, mask-only GGLM on
 #     the same 8,192-token batches; baseline-8192: the baseline on those batches, the batch
-#     without a mask); the alignment probe of seed 1's baseline; the results page adds
+#     without a mask; both also fine-tuned with the default and each of --finetune-recipes,
+#     finetune-gglm-keep-tokens and finetune-8192); the alignment probe of seed 1's baseline; the results page adds
 #     means over seeds and the BLEU-vs-time plot;
 #     then, on seed 1's data, gglm, finetune and finetune-gglm with each of --clean-sets (another
 #     domain: newstest2021; tiny: 100 and 50 pairs), beside the default clean set, with the
@@ -91,6 +92,10 @@ declare -A runner_flags=(
   [keep-tokens]="--candidate-max-tokens 8192"
   [mask-8192]="--candidate-max-tokens 8192"
 )
+# Full variant -> the fine-tuned system that starts from it, and the runner's tag where it is
+# not the variant's name.
+declare -A tuned_variants=([keep-tokens]=finetune-gglm [baseline-8192]=finetune)
+declare -A tags=([baseline-8192]=8192)
 # Setup name -> runner flags (each setup is its own folder: other data or another model).
 declare -A setup_flags=(
   [d0.3]="--dropout 0.3"
@@ -133,13 +138,23 @@ for profile in $profiles; do
       for name in $full_variants; do
         if [ "$name" = baseline-8192 ]; then
           runner scripts/experiments/noisy_multi30k.py --profile full --work "$work" \
-            --noise 0.4 --seed "$seed" --systems baseline --tag 8192 --candidate-max-tokens 8192
-          continue
+            --noise 0.4 --seed "$seed" --systems baseline --tag "${tags[$name]}" \
+            --candidate-max-tokens 8192
+        else
+          # shellcheck disable=SC2086  # the runner flags are several words on purpose
+          runner scripts/experiments/noisy_multi30k.py --profile full --work "$work" \
+            --noise 0.4 --seed "$seed" --systems gglm --tag "$name" \
+            --gglm-args "${flags[$name]}" ${runner_flags[$name]:-}
         fi
-        # shellcheck disable=SC2086  # the runner flags are several words on purpose
-        runner scripts/experiments/noisy_multi30k.py --profile full --work "$work" \
-          --noise 0.4 --seed "$seed" --systems gglm --tag "$name" --gglm-args "${flags[$name]}" \
-          ${runner_flags[$name]:-}
+        # keep-tokens and baseline-8192 fine-tuned with the same recipes (each from its own
+        # model: the tag names the start).
+        tuned="${tuned_variants[$name]:-}"
+        [ -n "$tuned" ] || continue
+        for updates in "" $finetune_recipes; do
+          runner scripts/experiments/noisy_multi30k.py --profile full --work "$work" \
+            --noise 0.4 --seed "$seed" --systems "$tuned" --tag "${tags[$name]:-$name}" \
+            ${updates:+--finetune-updates "$updates"}
+        done
       done
     done
     probe "$m30k"

@@ -286,3 +286,19 @@ def test_seeds_compare_keep_tokens_with_the_recipe_each_seed_chose_on_validation
     assert "| gglm-keep-tokens − gglm | valid | 2.50 ± 2.12 (n=2) | +4.00, +1.00 | yes |" in text
     assert ("Recipes chosen on validation (fine-tuning updates): finetune seed 1: 25, "
             "finetune-8192 seed 1: 50, finetune-gglm-keep-tokens seed 1: 10.") in text
+
+
+def test_the_page_names_the_machine_that_trained_each_system():
+    """A results file's own machine is its newest runner's; train times compare only on one
+    machine, so the page lists which machine trained which system."""
+    from make_results import setting_lines
+
+    amd = {"Model name": "AMD EPYC", "CPU(s)": "2", "torch_threads": 1}
+    results = seeded(1, 12.0, 14.0) | {"machine": amd}
+    assert not any(line.startswith("- trained on") for line in setting_lines(results))
+    results["systems"]["gglm"]["machine"] = amd
+    results["systems"]["finetune"]["machine"] = amd | {"Model name": "Intel Xeon"}
+    lines = setting_lines(results)
+    assert "- machine of the newest runner: AMD EPYC, 2 CPUs, torch threads 1" in lines[2]
+    assert ("- trained on: not recorded: baseline; AMD EPYC, 2 CPUs, torch threads 1: gglm; "
+            "Intel Xeon, 2 CPUs, torch threads 1: finetune") in lines

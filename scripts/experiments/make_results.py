@@ -84,6 +84,24 @@ def minutes(seconds: Optional[float]) -> str:
     return "–" if seconds is None else f"{seconds / 60:.1f}"
 
 
+def machine_text(machine: Dict) -> str:
+    return (f"{machine.get('Model name', '?')}, {machine.get('CPU(s)', '?')} CPUs, torch threads "
+            f"{machine.get('torch_threads', '?')}")  # fmt: skip
+
+
+def trained_on_lines(systems: Dict) -> List[str]:
+    """Which machine trained which system (the file's own machine is only its newest
+    runner's): systems from before the runner recorded it are named as not recorded."""
+    by_machine: Dict[str, List[str]] = {}
+    for name, entry in systems.items():
+        text = machine_text(entry["machine"]) if "machine" in entry else "not recorded"
+        by_machine.setdefault(text, []).append(name)
+    if list(by_machine) in ([], ["not recorded"]):
+        return []
+    return ["- trained on: " + "; ".join(f"{text}: {', '.join(names)}"
+                                         for text, names in by_machine.items())]  # fmt: skip
+
+
 def setting_lines(results: Dict) -> List[str]:
     machine = results.get("machine", {})
     profile = results.get("profile_config", {})
@@ -96,9 +114,9 @@ def setting_lines(results: Dict) -> List[str]:
         f"inverse_sqrt with {profile.get('warmup')} warm-up updates; label smoothing 0.1; "
         f"{profile.get('updates')} updates of <= {profile.get('max_tokens')} tokens; "
         f"beam {profile.get('beam')}; last checkpoint",
-        f"- machine: {machine.get('Model name', '?')}, {machine.get('CPU(s)', '?')} CPUs "
-        f"(shared with other jobs while these ran), torch threads "
-        f"{machine.get('torch_threads', '?')}",
+        f"- machine of the newest runner: {machine_text(machine)} (shared with other jobs "
+        "while these ran)",
+        *trained_on_lines(results.get("systems", {})),
         f"- data: `{json.dumps(results.get('data'))}`",
         "- commands:",
     ]

@@ -647,6 +647,8 @@ def main(argv: List[str]) -> int:
             "train_command": command,
             "gglm_args": args.gglm_args if args.kinds[name] == "gglm" else "",
             "train_seconds": round(train_seconds, 1),
+            # The file's own machine is the newest runner's; train_seconds are this one's.
+            "machine": results["machine"],
         }
         if args.kinds[name] in CLEAN_USERS:
             entry["clean_set"] = args.clean_set

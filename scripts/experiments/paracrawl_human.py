@@ -232,6 +232,7 @@ def main(argv: List[str]) -> int:
         "train_command": command,
         "gglm_args": args.gglm_args,
         "train_seconds": round(seconds, 1),
+        "machine": results["machine"],
         "detection": detection(work, name),
     }
     systems[name] = entry

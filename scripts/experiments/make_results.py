@@ -469,14 +469,16 @@ def chosen_row(kind: str, tag: str = "") -> str:
 
 CHOSEN = {kind: chosen_row(kind) for kind in FINE_TUNED}
 # The fine-tuned systems whose recipes are chosen per seed, as (kind, tag): the defaults, and
-# those starting from keep-tokens and from the baseline on the same larger batches.
+# those starting from keep-tokens, its control and the baseline on the same larger batches.
 RECIPE_CHOICES = (*((kind, "") for kind in FINE_TUNED), ("finetune", "8192"),
-                  ("finetune-gglm", "keep-tokens"))  # fmt: skip
+                  ("finetune-gglm", "keep-tokens"), ("finetune-gglm", "mask-8192"))  # fmt: skip
 KEEP_TOKENS_TUNED = chosen_row("finetune-gglm", "keep-tokens")
+EQUAL_CANDIDATES_TUNED = chosen_row("finetune-gglm", "mask-8192")
 LARGE_BASELINE_TUNED = chosen_row("finetune", "8192")
 SEEDED = ("baseline", "baseline-long", LARGE_BASELINE, "gglm", KEEP_TOKENS, EQUAL_CANDIDATES,
           "finetune", CHOSEN["finetune"], "finetune-gglm", CHOSEN["finetune-gglm"],
-          LARGE_BASELINE_TUNED, KEEP_TOKENS_TUNED, "oracle")  # fmt: skip
+          LARGE_BASELINE_TUNED, KEEP_TOKENS_TUNED, EQUAL_CANDIDATES_TUNED,
+          "oracle")  # fmt: skip
 SETS = ("valid", *TESTS)
 
 
@@ -608,6 +610,7 @@ def seeds_section(runs: List[Dict], docs: Path) -> List[str]:
                  (KEEP_TOKENS, LARGE_BASELINE), (EQUAL_CANDIDATES, LARGE_BASELINE),
                  (KEEP_TOKENS, CHOSEN["finetune"]), (KEEP_TOKENS_TUNED, CHOSEN["finetune"]),
                  (KEEP_TOKENS_TUNED, LARGE_BASELINE_TUNED),
+                 (EQUAL_CANDIDATES_TUNED, CHOSEN["finetune"]),
                  (LARGE_BASELINE_TUNED, CHOSEN["finetune"])]  # fmt: skip
         rows = []
         for ours, theirs in pairs:

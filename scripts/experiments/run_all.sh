@@ -25,9 +25,10 @@
 #     best validation BLEU per seed and clean set) and the --full-variants of GGLM (keep-tokens:
 #     the update kept full; mask-8192: its control at equal candidate cost, mask-only GGLM on
 #     the same 8,192-token batches; baseline-8192: the baseline on those batches, the batch
-#     without a mask; both also fine-tuned with the default and each of --finetune-recipes,
-#     finetune-gglm-keep-tokens and finetune-8192); the alignment probe of seed 1's baseline; the results page adds
-#     means over seeds and the BLEU-vs-time plot;
+#     without a mask; each also fine-tuned with the default and each of --finetune-recipes:
+#     finetune-gglm-keep-tokens, finetune-gglm-mask-8192, finetune-8192); the alignment
+#     probe of seed 1's baseline; the results page adds means over seeds and the BLEU-vs-time
+#     plot;
 #     then, on seed 1's data, gglm, finetune and finetune-gglm with each of --clean-sets (another
 #     domain: newstest2021; tiny: 100 and 50 pairs), beside the default clean set, with the
 #     same --finetune-recipes; and, each in
@@ -94,7 +95,9 @@ declare -A runner_flags=(
 )
 # Full variant -> the fine-tuned system that starts from it, and the runner's tag where it is
 # not the variant's name.
-declare -A tuned_variants=([keep-tokens]=finetune-gglm [baseline-8192]=finetune)
+declare -A tuned_variants=(
+  [keep-tokens]=finetune-gglm [mask-8192]=finetune-gglm [baseline-8192]=finetune
+)
 declare -A tags=([baseline-8192]=8192)
 # Setup name -> runner flags (each setup is its own folder: other data or another model).
 declare -A setup_flags=(
@@ -146,8 +149,8 @@ for profile in $profiles; do
             --noise 0.4 --seed "$seed" --systems gglm --tag "$name" \
             --gglm-args "${flags[$name]}" ${runner_flags[$name]:-}
         fi
-        # keep-tokens and baseline-8192 fine-tuned with the same recipes (each from its own
-        # model: the tag names the start).
+        # keep-tokens, mask-8192 and baseline-8192 fine-tuned with the same recipes (each from
+        # its own model: the tag names the start).
         tuned="${tuned_variants[$name]:-}"
         [ -n "$tuned" ] || continue
         for updates in "" $finetune_recipes; do

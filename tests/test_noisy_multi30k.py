@@ -90,3 +90,31 @@ def test_preparing_the_data_again_keeps_the_other_clean_sets(tmp_path, monkeypat
     assert data == {"train_pairs": 400, "clean_sets": val50}
     assert noisy_multi30k.prepared_again(args, PROFILES["smoke"], tmp_path, {}) == {
         "train_pairs": 400}
+
+
+def test_data_prepared_again_must_match_the_record(tmp_path, monkeypatch):
+    """A restored results file's systems were trained on the recorded data: data that come
+    out otherwise (another sentencepiece, noise or dictionary) stop the runner."""
+    import pytest
+
+    sums = {"text/train.de": "ab12"}
+    fresh = {"train_pairs": 400, "dictionary_size": 7996, "checksums": sums}
+    monkeypatch.setattr(noisy_multi30k, "prepare_data", lambda *_: dict(fresh))
+    args = parse_args(["--work", str(tmp_path)])
+    again = noisy_multi30k.prepared_again
+    # An archive from before the checksums: checked on the rest, and gets them.
+    assert again(args, PROFILES["smoke"], tmp_path, {"dictionary_size": 7996}) == fresh
+    assert again(args, PROFILES["smoke"], tmp_path, dict(fresh, prepare_seconds=9.0)) == fresh
+    with pytest.raises(SystemExit, match="differ from the results file's record in checksums"):
+        again(args, PROFILES["smoke"], tmp_path, dict(fresh, checksums={"text/train.de": "cd"}))
+    with pytest.raises(SystemExit, match="in dictionary_size"):
+        again(args, PROFILES["smoke"], tmp_path, {"dictionary_size": 8000})
+
+
+def test_data_checksums_name_each_data_file(tmp_path):
+    for name in noisy_multi30k.DATA_FILES:
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(name)
+    sums = noisy_multi30k.data_checksums(tmp_path)
+    assert list(sums) == list(noisy_multi30k.DATA_FILES)
+    assert len(set(sums.values())) == len(sums) and all(len(v) == 16 for v in sums.values())

@@ -63,6 +63,7 @@ with the same training command is not retrained).
 from __future__ import annotations
 
 import argparse
+import hashlib
 import re
 import shlex
 import shutil
@@ -200,8 +201,23 @@ def prepare_data(args: argparse.Namespace, profile: Profile, work: Path) -> Dict
             "model": "unigram", "vocab": profile.vocab, "on": SUBWORD_DATA[args.subword_data]
         },
         "dictionary_size": sum(1 for _ in open(bin_dir / f"dict.{SRC}.txt", encoding="utf-8")),
+        "checksums": data_checksums(work),
         "prepare_seconds": round(spm_seconds + seconds, 1),
     }
+
+
+# The files that make a run's data: the noisy text, its labels, the subwords and dictionary
+# (the vocabulary, not spm.model, which holds the paths it was trained from).
+DATA_FILES = (f"text/train.{SRC}", f"text/train.{TGT}", "text/train.labels", "spm/spm.vocab",
+              f"bin/dict.{SRC}.txt")  # fmt: skip
+# What must come out the same when a folder's data is prepared again (not the timing).
+DATA_IDENTITY = ("train_pairs", "oracle_pairs", "label_counts", "dictionary_size", "checksums")
+
+
+def data_checksums(work: Path) -> Dict[str, str]:
+    """SHA-256 (first 16 hex digits) of each of ``DATA_FILES``."""
+    return {name: hashlib.sha256((work / name).read_bytes()).hexdigest()[:16]
+            for name in DATA_FILES}  # fmt: skip
 
 
 def prepared_again(
@@ -210,8 +226,17 @@ def prepared_again(
     """:func:`prepare_data`'s section for a folder whose data files are gone (a results file
     restored from the archive, say), keeping the earlier section's other clean sets: the
     systems trained on them stay in the results, and a run that asks for one of them
-    binarises it again."""
+    binarises it again. Stops when the data come out other than recorded (``DATA_IDENTITY``;
+    a record without checksums is checked on the rest and gets them)."""
     data = prepare_data(args, profile, work)
+    differ = [key for key in DATA_IDENTITY if key in earlier and earlier[key] != data[key]]
+    if differ:
+        # The recorded systems were trained on other data: new ones would not compare.
+        raise SystemExit(
+            f"{work}: the data prepared again differ from the results file's record in "
+            f"{', '.join(differ)} (recorded {[earlier[k] for k in differ]}, now "
+            f"{[data[k] for k in differ]}); use another --work"
+        )
     if earlier.get("clean_sets"):
         data["clean_sets"] = earlier["clean_sets"]
     return data
@@ -611,6 +636,10 @@ def main(argv: List[str]) -> int:
     results_path, results = open_results(work, "noisy_multi30k", setting, profile, argv)
     if "data" not in results or not (work / "bin" / f"dict.{SRC}.txt").exists():
         results["data"] = prepared_again(args, profile, work, results.get("data", {}))
+        save_results(results_path, results)
+    if "checksums" not in results["data"]:
+        # A record from before the checksums: those of the files its systems trained on.
+        results["data"]["checksums"] = data_checksums(work)
         save_results(results_path, results)
     if args.clean_set != DEFAULT_CLEAN_SET:
         pairs = prepare_clean_set(args, work)

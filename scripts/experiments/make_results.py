@@ -455,11 +455,13 @@ def paracrawl_section(results: Dict, key: str, docs: Path) -> List[str]:
 
 
 # The systems compared over seeds, and the targets between them (on both tests).
-KEEP_TOKENS = system_name("gglm", "keep-tokens")
-# Its control at equal candidate cost: mask-only GGLM on the same larger batches.
-EQUAL_CANDIDATES = system_name("gglm", "mask-8192")
-# The baseline on those batches: what the larger batch gives without any mask.
-LARGE_BASELINE = system_name("baseline", "8192")
+# run_all.sh's full variants, by their runner tags: keep-tokens; its control at equal
+# candidate cost, mask-only GGLM on the same larger batches; the baseline on those batches,
+# what the larger batch gives without any mask.
+KEEP_TOKENS_TAG, EQUAL_CANDIDATES_TAG, LARGE_BATCH_TAG = "keep-tokens", "mask-8192", "8192"
+KEEP_TOKENS = system_name("gglm", KEEP_TOKENS_TAG)
+EQUAL_CANDIDATES = system_name("gglm", EQUAL_CANDIDATES_TAG)
+LARGE_BASELINE = system_name("baseline", LARGE_BATCH_TAG)
 
 
 def chosen_row(kind: str, tag: str = "") -> str:
@@ -470,11 +472,11 @@ def chosen_row(kind: str, tag: str = "") -> str:
 CHOSEN = {kind: chosen_row(kind) for kind in FINE_TUNED}
 # The fine-tuned systems whose recipes are chosen per seed, as (kind, tag): the defaults, and
 # those starting from keep-tokens, its control and the baseline on the same larger batches.
-RECIPE_CHOICES = (*((kind, "") for kind in FINE_TUNED), ("finetune", "8192"),
-                  ("finetune-gglm", "keep-tokens"), ("finetune-gglm", "mask-8192"))  # fmt: skip
-KEEP_TOKENS_TUNED = chosen_row("finetune-gglm", "keep-tokens")
-EQUAL_CANDIDATES_TUNED = chosen_row("finetune-gglm", "mask-8192")
-LARGE_BASELINE_TUNED = chosen_row("finetune", "8192")
+RECIPE_CHOICES = (*((kind, "") for kind in FINE_TUNED), ("finetune", LARGE_BATCH_TAG),
+                  ("finetune-gglm", KEEP_TOKENS_TAG),
+                  ("finetune-gglm", EQUAL_CANDIDATES_TAG))  # fmt: skip
+LARGE_BASELINE_TUNED, KEEP_TOKENS_TUNED, EQUAL_CANDIDATES_TUNED = (
+    chosen_row(kind, tag) for kind, tag in RECIPE_CHOICES[len(FINE_TUNED):])
 SEEDED = ("baseline", "baseline-long", LARGE_BASELINE, "gglm", KEEP_TOKENS, EQUAL_CANDIDATES,
           "finetune", CHOSEN["finetune"], "finetune-gglm", CHOSEN["finetune-gglm"],
           LARGE_BASELINE_TUNED, KEEP_TOKENS_TUNED, EQUAL_CANDIDATES_TUNED,

@@ -92,13 +92,15 @@ declare -A flags=(
 declare -A runner_flags=(
   [keep-tokens]="--candidate-max-tokens 8192"
   [mask-8192]="--candidate-max-tokens 8192"
+  [baseline-8192]="--candidate-max-tokens 8192"
 )
-# Full variant -> the fine-tuned system that starts from it, and the runner's tag where it is
-# not the variant's name.
+# Full variant -> the system it trains where not GGLM, the runner's tag where it is not the
+# variant's name, and the fine-tuned system that starts from it.
+declare -A variant_systems=([baseline-8192]=baseline)
+declare -A tags=([baseline-8192]=8192)
 declare -A tuned_variants=(
   [keep-tokens]=finetune-gglm [mask-8192]=finetune-gglm [baseline-8192]=finetune
 )
-declare -A tags=([baseline-8192]=8192)
 # Setup name -> runner flags (each setup is its own folder: other data or another model).
 declare -A setup_flags=(
   [d0.3]="--dropout 0.3"
@@ -139,23 +141,17 @@ for profile in $profiles; do
           --seed "$seed" --systems finetune,finetune-gglm --finetune-updates "$updates"
       done
       for name in $full_variants; do
-        if [ "$name" = baseline-8192 ]; then
-          runner scripts/experiments/noisy_multi30k.py --profile full --work "$work" \
-            --noise 0.4 --seed "$seed" --systems baseline --tag "${tags[$name]}" \
-            --candidate-max-tokens 8192
-        else
-          # shellcheck disable=SC2086  # the runner flags are several words on purpose
-          runner scripts/experiments/noisy_multi30k.py --profile full --work "$work" \
-            --noise 0.4 --seed "$seed" --systems gglm --tag "$name" \
-            --gglm-args "${flags[$name]}" ${runner_flags[$name]:-}
-        fi
-        # keep-tokens, mask-8192 and baseline-8192 fine-tuned with the same recipes (each from
-        # its own model: the tag names the start).
+        tag="${tags[$name]:-$name}"
+        # shellcheck disable=SC2086  # the runner flags are several words on purpose
+        runner scripts/experiments/noisy_multi30k.py --profile full --work "$work" \
+          --noise 0.4 --seed "$seed" --systems "${variant_systems[$name]:-gglm}" --tag "$tag" \
+          --gglm-args "${flags[$name]:-}" ${runner_flags[$name]:-}
+        # Each fine-tuned with the same recipes, from its own model (the tag names the start).
         tuned="${tuned_variants[$name]:-}"
         [ -n "$tuned" ] || continue
         for updates in "" $finetune_recipes; do
           runner scripts/experiments/noisy_multi30k.py --profile full --work "$work" \
-            --noise 0.4 --seed "$seed" --systems "$tuned" --tag "${tags[$name]:-$name}" \
+            --noise 0.4 --seed "$seed" --systems "$tuned" --tag "$tag" \
             ${updates:+--finetune-updates "$updates"}
         done
       done

@@ -165,7 +165,7 @@ def test_setup_changes_get_their_own_rows_and_stay_out_of_seeds_and_noise_levels
                                                "mean_mask_rate": {"clean": 0.25}}  # fmt: skip
     subwords = with_setup(seeded(1, 11.0, 13.0), subword_data="clean")
     lines = setups_section([default, dropout, subwords])
-    rows = [line for line in lines if line.startswith("| full")]
+    rows = [line for line in lines if line.startswith("| full p=0.4 seed")]
     assert [row.split(" | ")[1] for row in rows] == [
         "default", "dropout 0.3", "sentencepiece on the text before the noise"]
     # gglm - baseline on the tests: +2 (met) in the default setup, +0.5 (not met) with dropout.
@@ -180,6 +180,31 @@ def test_setup_changes_get_their_own_rows_and_stay_out_of_seeds_and_noise_levels
     assert seeds_section([default, with_setup(seeded(2, 1.0, 1.0), dropout=0.3)], tmp_path) == []
     quick = with_setup(run(0.0, RUNS[0]["systems"]), subword_data="clean")
     assert noise_levels_section([RUNS[1], quick]) == []
+
+
+def test_setups_over_seeds_average_the_paired_gains_per_setup():
+    def tuned(results: dict, gglm: float) -> dict:
+        results["systems"]["finetune-gglm"] = entry(gglm, gglm)
+        return results
+
+    runs = [tuned(seeded(1, 12.0, 14.0), 13.0), tuned(seeded(2, 14.0, 14.0), 15.0),
+            with_setup(tuned(seeded(1, 10.5, 13.0), 12.0), dropout=0.3),
+            with_setup(tuned(seeded(2, 12.5, 13.0), 12.0), dropout=0.3),
+            with_setup(seeded(1, 11.0, 13.0), subword_data="clean")]  # fmt: skip
+    del runs[-1]["systems"]["gglm"]  # a setup whose GGLM has not finished: no row
+    lines = setups_section(runs)
+    rows = [line for line in lines[lines.index("Over seeds, per setup (paired differences, "
+                                               "same seed and data; mean ± sd):"):]
+            if line.startswith("| full")]  # fmt: skip
+    # Default: gains +2, +4 (mean 3, met); dropout: +0.5, +2.5 (mean 1.5, met) and
+    # finetune-gglm - finetune -1, -1.
+    assert rows == [
+        "| full p=0.4 | default | 1, 2 | 3.00 ± 1.41 (n=2) | 3.00 ± 1.41 (n=2) | yes | "
+        "0.00 ± 1.41 (n=2) | 0.00 ± 1.41 (n=2) |",
+        "| full p=0.4 | dropout 0.3 | 1, 2 | 1.50 ± 1.41 (n=2) | 1.50 ± 1.41 (n=2) | yes | "
+        "-1.00 ± 0.00 (n=2) | -1.00 ± 0.00 (n=2) |"]  # fmt: skip
+    # Without a changed setup that ran GGLM there is nothing to set beside the default.
+    assert "Over seeds, per setup" not in "\n".join(setups_section(runs[:2] + runs[4:]))
 
 
 def test_keep_tokens_section_shows_trained_tokens_beside_mask_only():

@@ -5,7 +5,8 @@
 #                                  [--noise-levels "0.2 0"] [--seeds "1 2 3"]
 #                                  [--clean-sets "wmt21 val100 val50"]
 #                                  [--full-variants "keep-tokens mask-8192 baseline-8192"]
-#                                  [--setups "d0.3 spm-clean"] [--finetune-recipes "10 25"]
+#                                  [--setups "d0.3 spm-clean"] [--setup-seeds "1 2"]
+#                                  [--finetune-recipes "10 25"]
 #                                  [--page-only] [--docs docs]
 #
 # Steps (each skips what its results.json already holds with the same command):
@@ -32,9 +33,10 @@
 #     then, on seed 1's data, gglm, finetune and finetune-gglm with each of --clean-sets (another
 #     domain: newstest2021; tiny: 100 and 50 pairs), beside the default clean set, with the
 #     same --finetune-recipes; and, each in
-#     its own folder, seed 1 with one part of the setup changed (--setups; d0.3: dropout 0.3,
-#     spm-clean: sentencepiece trained on the text before the noise): baseline, gglm and both
-#     fine-tuned systems
+#     its own folder, each of --setup-seeds (default "1 2") with one part of the setup changed
+#     (--setups; d0.3: dropout 0.3, spm-clean: sentencepiece trained on the text before the
+#     noise): baseline, gglm and both fine-tuned systems (the page sets each beside the default
+#     setup of the same seed, which is the same noise injection)
 #   last: scripts/experiments/make_results.py -> DOCS/results.md and DOCS/*.png; each results
 #     file is archived as DOCS/data/KEY.json, and a run whose results are not on this machine
 #     is taken from that archive (--page-only: no training, only the page)
@@ -50,6 +52,7 @@ seeds="1 2 3"
 clean_sets="wmt21 val100 val50"
 full_variants="keep-tokens mask-8192 baseline-8192"
 setups="d0.3 spm-clean"
+setup_seeds="1 2"
 finetune_recipes="10 25"
 page_only=0
 docs=docs
@@ -63,6 +66,7 @@ while [ $# -gt 0 ]; do
     --clean-sets) clean_sets="$2"; shift 2 ;;
     --full-variants) full_variants="$2"; shift 2 ;;
     --setups) setups="$2"; shift 2 ;;
+    --setup-seeds) setup_seeds="$2"; shift 2 ;;
     --finetune-recipes) finetune_recipes="$2"; shift 2 ;;
     --page-only) page_only=1; shift ;;
     --docs) docs="$2"; shift 2 ;;
@@ -169,10 +173,15 @@ for profile in $profiles; do
       done
     done
     for name in $setups; do
-      # shellcheck disable=SC2086
-      runner scripts/experiments/noisy_multi30k.py --profile full --work "$m30k-$name" \
-        --noise 0.4 --seed 1 --systems baseline,gglm,finetune,finetune-gglm ${setup_flags[$name]}
-      results+=("$m30k-$name/results.json")
+      for seed in $setup_seeds; do
+        work="$m30k-$name"
+        [ "$seed" = 1 ] || work="$work-s$seed"
+        # shellcheck disable=SC2086
+        runner scripts/experiments/noisy_multi30k.py --profile full --work "$work" \
+          --noise 0.4 --seed "$seed" --systems baseline,gglm,finetune,finetune-gglm \
+          ${setup_flags[$name]}
+        results+=("$work/results.json")
+      done
     done
     continue
   fi

@@ -122,6 +122,10 @@ probe() {
     runner scripts/experiments/alignment_probe.py --work "$1" --system baseline --pairs 1000
   results+=("$1/probe-baseline.json")
 }
+# The folder of a seed's run: seed 1's is the base folder, another seed's gets -sSEED.
+seed_folder() {
+  if [ "$2" = 1 ]; then echo "$1"; else echo "$1-s$2"; fi
+}
 for profile in $profiles; do
   m30k="$runs/m30k-$profile-p0.4"
   results+=("$m30k/results.json")
@@ -130,9 +134,9 @@ for profile in $profiles; do
     # the baseline given GGLM's time per update; its checkpoint at the budget is the baseline.
     # --curve-every: validation BLEU at every 260 updates (the BLEU-vs-time plot).
     for seed in $seeds; do
-      work="$m30k"; systems=baseline-long,gglm,finetune,finetune-gglm
+      work=$(seed_folder "$m30k" "$seed"); systems=baseline-long,gglm,finetune,finetune-gglm
       if [ "$seed" != 1 ]; then
-        work="$m30k-s$seed"; results+=("$work/results.json")
+        results+=("$work/results.json")
       else
         systems="$systems,oracle"
       fi
@@ -174,8 +178,7 @@ for profile in $profiles; do
     done
     for name in $setups; do
       for seed in $setup_seeds; do
-        work="$m30k-$name"
-        [ "$seed" = 1 ] || work="$work-s$seed"
+        work=$(seed_folder "$m30k-$name" "$seed")
         # shellcheck disable=SC2086
         runner scripts/experiments/noisy_multi30k.py --profile full --work "$work" \
           --noise 0.4 --seed "$seed" --systems baseline,gglm,finetune,finetune-gglm \

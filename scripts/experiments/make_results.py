@@ -778,12 +778,12 @@ def setups_over_seeds(runs: List[Dict]) -> List[str]:
         groups.setdefault(key, []).append(results)
     rows = []
     for (profile, noise, label), group in sorted(groups.items()):
-        gains = [difference(group, "gglm", "baseline", test) for test in TESTS]
-        if not gains[0]:
+        paired = [r for r in group if {"gglm", "baseline"} <= set(r.get("systems", {}))]
+        if not paired:
             continue
-        seeds = sorted(r["setting"]["seed"] for r in group
-                       if {"gglm", "baseline"} <= set(r.get("systems", {})))  # fmt: skip
+        gains = [difference(paired, "gglm", "baseline", test) for test in TESTS]
         met = "yes" if min(mean_sd(g)[0] for g in gains) >= 1.0 else "no"
+        seeds = sorted(r["setting"]["seed"] for r in paired)
         rows.append([f"{profile} p={noise}", label, ", ".join(map(str, seeds)),
                      *[mean_sd_text(g) for g in gains], met,
                      *[mean_sd_text(difference(group, "finetune-gglm", "finetune", test))

@@ -89,6 +89,7 @@ declare -A flags=(
   [batch-mean]="--gglm-threshold-mode batch-mean"
   [batch-quantile]="--gglm-threshold-mode batch-quantile --gglm-threshold-quantile 0.4"
 )
+# (Passed as --gglm-args="...": argparse takes a lone flag after a space for an option.)
 # Variant name -> extra runner flags: keep-tokens picks its 3100 target tokens (the baseline's
 # mean per update, measured at the full profile: 3131) from candidate batches twice the
 # profile's --max-tokens (full when at least half the candidates pass the threshold);
@@ -153,7 +154,7 @@ for profile in $profiles; do
         # shellcheck disable=SC2086  # the runner flags are several words on purpose
         runner scripts/experiments/noisy_multi30k.py --profile full --work "$work" \
           --noise 0.4 --seed "$seed" --systems "${variant_systems[$name]:-gglm}" --tag "$tag" \
-          --gglm-args "${flags[$name]:-}" ${runner_flags[$name]:-}
+          --gglm-args="${flags[$name]:-}" ${runner_flags[$name]:-}
         # Each fine-tuned with the same recipes, from its own model (the tag names the start).
         tuned="${tuned_variants[$name]:-}"
         [ -n "$tuned" ] || continue
@@ -199,7 +200,7 @@ for profile in $profiles; do
   for name in $variants; do
     # shellcheck disable=SC2086  # the runner flags are several words on purpose
     runner scripts/experiments/noisy_multi30k.py --profile "$profile" --work "$m30k" \
-      --noise 0.4 --seed 1 --systems gglm --tag "$name" --gglm-args "${flags[$name]}" \
+      --noise 0.4 --seed 1 --systems gglm --tag "$name" --gglm-args="${flags[$name]}" \
       ${runner_flags[$name]:-}
   done
   probe "$m30k"

@@ -207,6 +207,36 @@ def test_setups_over_seeds_average_the_paired_gains_per_setup():
     assert "Over seeds, per setup" not in "\n".join(setups_section(runs[:2] + runs[4:]))
 
 
+def test_a_gglm_variant_tried_in_a_changed_setup_gets_rows_beside_its_setup():
+    def with_variant(results: dict, gglm: float, tuned: float) -> dict:
+        results["systems"] |= {
+            "gglm-nodrop": entry(gglm, gglm) | {"gglm_args": "--gglm-alignment-without-dropout"},
+            "finetune-gglm-nodrop": entry(tuned, tuned),
+            "gglm-clean-val50": entry(1.0, 1.0) | {"clean_set": "val50"},  # not a variant
+        }
+        return results
+
+    runs = [seeded(1, 12.0, 14.0), seeded(2, 14.0, 14.0),
+            with_setup(with_variant(seeded(1, 10.5, 13.0), 12.0, 13.5), dropout=0.3),
+            with_setup(with_variant(seeded(2, 10.0, 13.0), 13.0, 12.5), dropout=0.3)]  # fmt: skip
+    lines = setups_section(runs)
+    variant = "dropout 0.3 + `--gglm-alignment-without-dropout`"
+    rows = [line for line in lines if line.startswith("| full p=0.4 seed 1")]
+    assert [row.split(" | ")[1] for row in rows] == ["default", "dropout 0.3", variant]
+    # The variant in GGLM's and fine-tuned GGLM's places, beside the same baseline and
+    # fine-tuned baseline; its gain on the tests is +2 (met).
+    assert rows[2].startswith(f"| full p=0.4 seed 1 | {variant} | 10.00 / 10.00 / 10.00 | "
+                              "12.00 / 12.00 / 12.00 | 13.00 / 13.00 / 13.00 | "
+                              "13.50 / 13.50 / 13.50 | +2.00 / +2.00 | yes |")  # fmt: skip
+    over_seeds = lines[lines.index("Over seeds, per setup (paired differences, "
+                                   "same seed and data; mean ± sd):"):]  # fmt: skip
+    rows = [line for line in over_seeds if line.startswith("| full")]
+    assert [row.split(" | ")[1] for row in rows] == ["default", "dropout 0.3", variant]
+    # Gains +2 and +3 over the baseline; fine-tuned: +0.5 and -0.5 over the fine-tuned baseline.
+    assert rows[2] == (f"| full p=0.4 | {variant} | 1, 2 | 2.50 ± 0.71 (n=2) | "
+                       "2.50 ± 0.71 (n=2) | yes | 0.00 ± 0.71 (n=2) | 0.00 ± 0.71 (n=2) |")
+
+
 def test_keep_tokens_section_shows_trained_tokens_beside_mask_only():
     def trained(name_flags: str, max_tokens: int, tokens: float) -> dict:
         return entry(9.0, 9.0) | {"gglm_args": name_flags, "trained_tokens_per_update": tokens,

@@ -723,6 +723,28 @@ def bleu_triple(entry: Optional[Dict]) -> str:
     return " / ".join(fmt(entry[subset]["bleu"]) for subset in SETS)
 
 
+def gglm_variant_views(results: Dict) -> List[Tuple[str, Dict]]:
+    """A changed setup's run labelled by its setup, then once per tagged GGLM of the default
+    clean set (``gglm-T``, its flags added to the label) with that GGLM and its fine-tuned model
+    in the places of ``gglm`` and ``finetune-gglm``: a variant tried in that setup is compared
+    with the same baseline and fine-tuned baseline."""
+    label = setup_text(results["setting"])
+    views = [(label, results)]
+    systems = results.get("systems", {})
+    for name, entry in sorted(systems.items()):
+        if not name.startswith("gglm-") or clean_set(entry) != DEFAULT_CLEAN_SET:
+            continue
+        tag = name[len("gglm-"):]
+        variant = {n: e for n, e in systems.items() if n not in ("gglm", "finetune-gglm")}
+        variant["gglm"] = entry
+        tuned = systems.get(system_name("finetune-gglm", tag))
+        if tuned is not None:
+            variant["finetune-gglm"] = tuned
+        flags = entry.get("gglm_args") or tag
+        views.append((f"{label} + `{flags}`", results | {"systems": variant}))
+    return views
+
+
 def setups_section(runs: List[Dict]) -> List[str]:
     """The same comparison with one part of the setup changed (dropout, what the subword model
     saw), beside the default setup of the same profile, noise and seed."""
@@ -743,7 +765,7 @@ def setups_section(runs: List[Dict]) -> List[str]:
         key = (setting["profile"], setting["noise"], setting["seed"])
         base = None if key in shown else default.get(key)
         shown.add(key)
-        for label, run in (("default", base), (setup_text(setting), results)):
+        for label, run in [("default", base), *gglm_variant_views(results)]:
             if run is None:
                 continue
             systems = run.get("systems", {})
@@ -774,8 +796,10 @@ def setups_over_seeds(runs: List[Dict]) -> List[str]:
     groups: Dict[Tuple[str, float, str], List[Dict]] = {}
     for results in runs:
         setting = results["setting"]
-        key = (setting["profile"], setting["noise"], setup_text(setting) or "default")
-        groups.setdefault(key, []).append(results)
+        # The default setup's own variants have their sections; a changed setup's are here.
+        views = gglm_variant_views(results) if setup_text(setting) else [("default", results)]
+        for label, view in views:
+            groups.setdefault((setting["profile"], setting["noise"], label), []).append(view)
     rows = []
     for (profile, noise, label), group in sorted(groups.items()):
         paired = [r for r in group if {"gglm", "baseline"} <= set(r.get("systems", {}))]

@@ -735,13 +735,13 @@ def gglm_variant_views(results: Dict) -> List[Tuple[str, Dict]]:
         if not name.startswith("gglm-") or clean_set(entry) != DEFAULT_CLEAN_SET:
             continue
         tag = name[len("gglm-"):]
-        variant = {n: e for n, e in systems.items() if n not in ("gglm", "finetune-gglm")}
-        variant["gglm"] = entry
+        swapped = {n: e for n, e in systems.items() if n not in ("gglm", "finetune-gglm")}
+        swapped["gglm"] = entry
         tuned = systems.get(system_name("finetune-gglm", tag))
         if tuned is not None:
-            variant["finetune-gglm"] = tuned
+            swapped["finetune-gglm"] = tuned
         flags = entry.get("gglm_args") or tag
-        views.append((f"{label} + `{flags}`", results | {"systems": variant}))
+        views.append((f"{label} + `{flags}`", results | {"systems": swapped}))
     return views
 
 

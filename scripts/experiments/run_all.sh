@@ -36,8 +36,9 @@
 #     its own folder, each of --setup-seeds (default "1 2") with one part of the setup changed
 #     (--setups; d0.3: dropout 0.3, spm-clean: sentencepiece trained on the text before the
 #     noise): baseline, gglm and both fine-tuned systems (the page sets each beside the default
-#     setup of the same seed, which is the same noise injection), and for d0.3 also the GGLM
-#     variant nodrop (alignment without dropout) and its fine-tuned model
+#     setup of the same seed, which is the same noise injection), for d0.3 also the GGLM
+#     variant nodrop (alignment without dropout) and its fine-tuned model, and the alignment
+#     probe of each setup's baseline
 #   last: scripts/experiments/make_results.py -> DOCS/results.md and DOCS/*.png; each results
 #     file is archived as DOCS/data/KEY.json, and a run whose results are not on this machine
 #     is taken from that archive (--page-only: no training, only the page)
@@ -196,6 +197,8 @@ for profile in $profiles; do
             --gglm-args="${flags[$variant]}" ${setup_flags[$name]}
         done
         results+=("$work/results.json")
+        # The setup's baseline probed too: dropout on vs off in the alignment at a fixed model.
+        probe "$work"
       done
     done
     continue

@@ -7,6 +7,7 @@ puts the folder on ``sys.path``).
 
 from __future__ import annotations
 
+import argparse
 import fcntl
 import json
 import logging
@@ -60,6 +61,16 @@ PROFILES: Dict[str, Profile] = {
     "quick": Profile(None, None, 8000, 2, 128, 512, 4, 300, 100, 1e-3, 4096, 20),
     "full": Profile(None, None, 8000, 2, 256, 1024, 4, 1300, 400, 1e-3, 4096, 50),
 }
+
+
+def add_gglm_args(parser: argparse.ArgumentParser, description: str) -> None:
+    """``--gglm-args``: extra flags for GGLM, in one string (its help says to write the ``=``:
+    argparse reads a lone flag after a space, ``--gglm-args --flag``, as an option)."""
+    parser.add_argument(
+        "--gglm-args", default="",
+        help=f"{description}; write --gglm-args='--flag ...' (with the =: argparse reads a "
+        "lone flag after a space as an option)",
+    )
 
 
 def log(message: str) -> None:

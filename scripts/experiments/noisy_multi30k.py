@@ -79,6 +79,7 @@ from common import (
     PROFILES,
     REPO,
     Profile,
+    add_gglm_args,
     encode,
     final_lr,
     generate,
@@ -534,11 +535,7 @@ def parse_args(argv: List[str]) -> argparse.Namespace:
     parser.add_argument("--noise", type=float, default=0.4, help="share of corrupted pairs")
     parser.add_argument("--seed", type=int, default=1, help="seed of noise and training")
     parser.add_argument("--systems", default=",".join(SYSTEMS), help="comma-separated systems")
-    parser.add_argument(
-        "--gglm-args", default="",
-        help="extra flags for GGLM (a variant); write --gglm-args='--flag ...' (with the =: "
-        "argparse reads a lone flag after a space as an option)",
-    )
+    add_gglm_args(parser, "extra flags for GGLM (a variant)")
     parser.add_argument(
         "--tag", default="",
         help="name the systems KIND-TAG (gglm, baseline and the fine-tuned ones, which start "

@@ -38,6 +38,7 @@ from common import (
     PROFILES,
     REPO,
     Profile,
+    add_gglm_args,
     encode,
     log,
     open_results,
@@ -194,11 +195,7 @@ def main(argv: List[str]) -> int:
         "that each ParaCrawl pair is seen several times)",
     )  # fmt: skip
     parser.add_argument("--updates", type=int, help="number of updates (default: the profile's)")
-    parser.add_argument(
-        "--gglm-args", default="",
-        help="extra flags for GGLM; write --gglm-args='--flag ...' (with the =: argparse reads "
-        "a lone flag after a space as an option)",
-    )
+    add_gglm_args(parser, "extra flags for GGLM")
     parser.add_argument("--tag", default="", help="name the system gglm-TAG")
     parser.add_argument("--paracrawl", default=str(shared / "paracrawl-human-eval"))
     parser.add_argument("--multi30k", default=str(shared / "multi30k"))

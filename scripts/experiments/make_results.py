@@ -772,7 +772,7 @@ def setups_section(runs: List[Dict]) -> List[str]:
             row = [f"{setting['profile']} p={setting['noise']} seed {setting['seed']}", label]
             row += [bleu_triple(systems.get(n)) for n in ("baseline", *CLEAN_USERS)]
             if {"baseline", "gglm"} <= set(systems):
-                gains = [systems["gglm"][t]["bleu"] - systems["baseline"][t]["bleu"] for t in TESTS]
+                gains = [difference([run], "gglm", "baseline", t)[0] for t in TESTS]
                 row += [" / ".join(f"{g:+.2f}" for g in gains),
                         "yes" if min(gains) >= 1.0 else "no"]  # fmt: skip
             else:

@@ -8,6 +8,7 @@ sys.path.insert(0, str(REPO / "scripts" / "experiments"))
 from make_results import (  # noqa: E402
     TESTS,
     asked_systems,
+    gain_follows_baseline,
     keep_tokens_section,
     noise_levels_section,
     seeds_section,
@@ -357,3 +358,15 @@ def test_the_page_names_the_machine_that_trained_each_system():
     assert "- machine of the newest runner: AMD EPYC, 2 CPUs, torch threads 1" in lines[2]
     assert ("- trained on: not recorded: baseline; AMD EPYC, 2 CPUs, torch threads 1: gglm; "
             "Intel Xeon, 2 CPUs, torch threads 1: finetune") in lines
+
+
+def test_gain_follows_baseline_gives_spreads_and_correlations_over_runs_with_both_systems():
+    # Baselines 10, 14, 18 (sd 4) and GGLM 20, 21, 19 (sd 1): centred (-4, 0, 4) and (0, 1, -1),
+    # r = -4 / (sqrt(32) sqrt(2)) = -0.50; gains 10, 7, 1, centred (4, 1, -5):
+    # r = -36 / (sqrt(32) sqrt(42)) = -0.98.
+    runs = [run(0.4, {"baseline": entry(b, b), "gglm": entry(g, g)})
+            for b, g in ((10.0, 20.0), (14.0, 21.0), (18.0, 19.0))]  # fmt: skip
+    runs.append(run(0.4, {"baseline": entry(1.0, 1.0)}))  # no GGLM: left out
+    row = "| quick p=0.4 | 3 |" + " 4.00 / 1.00 | -0.50 | -0.98 |" * 3
+    assert row in gain_follows_baseline(runs)
+    assert gain_follows_baseline(runs[1:]) == []  # two runs: no correlation shown

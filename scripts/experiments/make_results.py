@@ -15,6 +15,7 @@ import argparse
 import json
 import math
 import shlex
+import statistics
 import sys
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
@@ -821,6 +822,50 @@ def setups_over_seeds(runs: List[Dict]) -> List[str]:
             ""] + table(header, rows) + [""]  # fmt: skip
 
 
+def correlation_text(xs: List[float], ys: List[float]) -> str:
+    """Pearson's r of two series, "–" where one is constant (r is undefined)."""
+    if len(set(xs)) < 2 or len(set(ys)) < 2:
+        return "–"
+    return f"{statistics.correlation(xs, ys):+.2f}"
+
+
+def gain_follows_baseline(runs: List[Dict]) -> List[str]:
+    """Per profile and noise, over every run with both systems (each seed, each setup): how
+    much the baseline's and GGLM's scores vary, whether GGLM's follows the baseline's, and
+    whether GGLM's gain shrinks as the baseline's validation BLEU rises."""
+    groups: Dict[Tuple[str, float], List[Dict]] = {}
+    for results in runs:
+        systems = results.get("systems", {})
+        if {"baseline", "gglm"} <= set(systems):
+            setting = results["setting"]
+            groups.setdefault((setting["profile"], setting["noise"]), []).append(systems)
+    rows = []
+    for (profile, noise), group in sorted(groups.items()):
+        if len(group) < 3:
+            continue  # a correlation of two points says nothing
+        base_valid = [s["baseline"]["valid"]["bleu"] for s in group]
+        row = [f"{profile} p={noise}", str(len(group))]
+        for subset in SETS:
+            base = [s["baseline"][subset]["bleu"] for s in group]
+            ours = [s["gglm"][subset]["bleu"] for s in group]
+            gain = [g - b for g, b in zip(ours, base)]
+            row += [f"{statistics.stdev(base):.2f} / {statistics.stdev(ours):.2f}",
+                    correlation_text(base, ours), correlation_text(base_valid, gain)]
+        rows.append(row)
+    if not rows:
+        return []
+    header = ["run", "runs"]
+    for subset in SETS:
+        header += [f"{subset}: sd baseline / gglm", f"{subset}: r(baseline, gglm)",
+                   f"{subset}: r(baseline valid, gglm − baseline)"]  # fmt: skip
+    return ["Does GGLM's gain follow how far the noise pulled the baseline down? Over every run "
+            "with both systems (each seed and setup above): the spread of each system's BLEU "
+            "(sample sd), the correlation of GGLM's BLEU with the baseline's, and of GGLM's gain "
+            "with the baseline's validation BLEU (the gain holds the baseline's own run noise "
+            "with a minus sign, which alone makes that correlation negative).",
+            ""] + table(header, rows) + [""]  # fmt: skip
+
+
 def keep_tokens_section(runs: List[Dict]) -> List[str]:
     """--gglm-keep-tokens beside mask-only GGLM and the baseline: how many target tokens an
     update trained on, and what that bought."""
@@ -896,7 +941,7 @@ def main(argv: List[str]) -> int:
     lines += seeds_section(multi30k, docs)
     lines += clean_sets_section(multi30k)
     lines += keep_tokens_section(multi30k)
-    lines += setups_section(multi30k)
+    lines += setups_section(multi30k) + gain_follows_baseline(multi30k)
     lines += noise_levels_section(multi30k)
     lines += variants_section(multi30k)
     for results in runs:

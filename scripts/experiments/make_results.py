@@ -835,21 +835,19 @@ def gain_follows_baseline(runs: List[Dict]) -> List[str]:
     whether GGLM's gain shrinks as the baseline's validation BLEU rises."""
     groups: Dict[Tuple[str, float], List[Dict]] = {}
     for results in runs:
-        systems = results.get("systems", {})
-        if {"baseline", "gglm"} <= set(systems):
+        if {"baseline", "gglm"} <= set(results.get("systems", {})):
             setting = results["setting"]
-            groups.setdefault((setting["profile"], setting["noise"]), []).append(systems)
+            groups.setdefault((setting["profile"], setting["noise"]), []).append(results)
     rows = []
     for (profile, noise), group in sorted(groups.items()):
         if len(group) < 3:
             continue  # a correlation of two points says nothing
-        base_valid = [s["baseline"]["valid"]["bleu"] for s in group]
+        base_valid = scores(group, "baseline", "valid")
         row = [f"{profile} p={noise}", str(len(group))]
         for subset in SETS:
-            base = [s["baseline"][subset]["bleu"] for s in group]
-            ours = [s["gglm"][subset]["bleu"] for s in group]
-            gain = [g - b for g, b in zip(ours, base)]
-            row += [f"{statistics.stdev(base):.2f} / {statistics.stdev(ours):.2f}",
+            base, ours = scores(group, "baseline", subset), scores(group, "gglm", subset)
+            gain = difference(group, "gglm", "baseline", subset)
+            row += [f"{mean_sd(base)[1]:.2f} / {mean_sd(ours)[1]:.2f}",
                     correlation_text(base, ours), correlation_text(base_valid, gain)]
         rows.append(row)
     if not rows:

@@ -186,8 +186,8 @@ def test_other_clean_sets_feed_gglm_and_fine_tuning(tmp_path):
 
 @pytest.mark.skipif(not DATA.is_dir(), reason="../shared/data/multi30k is missing")
 def test_setup_changes_reach_every_system_and_need_their_own_work(tmp_path):
-    """--dropout and --subword-data clean: named in the setting, in every training command
-    and in what sentencepiece learned from; the default setup cannot reuse the folder."""
+    """--dropout, --ffn and --subword-data clean: named in the setting, in every training
+    command and in what sentencepiece learned from; the default setup cannot reuse the folder."""
 
     def runner(*extra):
         return subprocess.run(
@@ -197,15 +197,19 @@ def test_setup_changes_reach_every_system_and_need_their_own_work(tmp_path):
             capture_output=True, text=True, timeout=300,
         )  # fmt: skip
 
-    result = runner("--systems", "baseline,gglm", "--dropout", "0.3", "--subword-data", "clean")
+    result = runner("--systems", "baseline,gglm", "--dropout", "0.3", "--subword-data", "clean",
+                    "--ffn", "48")
     assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
     results = json.loads((tmp_path / "results.json").read_text())
     assert results["setting"] == {"profile": "smoke", "noise": 0.4, "seed": 1, "dropout": 0.3,
-                                  "subword_data": "clean"}  # fmt: skip
+                                  "ffn": 48, "subword_data": "clean"}  # fmt: skip
     assert results["profile_config"]["dropout"] == 0.3
+    assert results["profile_config"]["ffn"] == 48
     for entry in results["systems"].values():
         command = entry["train_command"]
         assert command[command.index("--dropout") + 1] == "0.3"
+        assert command[command.index("--encoder-ffn-embed-dim") + 1] == "48"
+        assert command[command.index("--decoder-ffn-embed-dim") + 1] == "48"
     assert results["data"]["sentencepiece"]["on"] == "train en+de before the noise"
     text = tmp_path / "text"
     original = (DATA / "train.de").read_text(encoding="utf-8").splitlines()[:400]

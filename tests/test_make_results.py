@@ -165,10 +165,12 @@ def test_setup_changes_get_their_own_rows_and_stay_out_of_seeds_and_noise_levels
     dropout["systems"]["gglm"]["detection"] = {"mask_rate": {"all": 0.7},
                                                "mean_mask_rate": {"clean": 0.25}}  # fmt: skip
     subwords = with_setup(seeded(1, 11.0, 13.0), subword_data="clean")
-    lines = setups_section([default, dropout, subwords])
+    heldout = with_setup(seeded(1, 11.0, 13.0), dropout=0.3, subword_data="clean", ffn=512)
+    lines = setups_section([default, dropout, subwords, heldout])
     rows = [line for line in lines if line.startswith("| full p=0.4 seed")]
     assert [row.split(" | ")[1] for row in rows] == [
-        "default", "dropout 0.3", "sentencepiece on the text before the noise"]
+        "default", "dropout 0.3", "sentencepiece on the text before the noise",
+        "dropout 0.3, sentencepiece on the text before the noise, FFN 512"]
     # gglm - baseline on the tests: +2 (met) in the default setup, +0.5 (not met) with dropout.
     assert rows[0].startswith("| full p=0.4 seed 1 | default | 10.00 / 10.00 / 10.00 | "
                               "12.00 / 12.00 / 12.00 | 14.00 / 14.00 / 14.00 | not run | "

@@ -52,6 +52,8 @@ def setup_text(setting: Dict) -> str:
         parts.append(f"dropout {setting['dropout']}")
     if setting.get("subword_data") == "clean":
         parts.append("sentencepiece on the text before the noise")
+    if "ffn" in setting:
+        parts.append(f"FFN {setting['ffn']}")
     return ", ".join(parts)
 
 

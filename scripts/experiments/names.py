@@ -7,8 +7,8 @@ DEFAULT_CLEAN_SET = "val500"
 # Systems that read the clean set: another --clean-set NAME adds -clean-NAME to their names.
 CLEAN_USERS = ("gglm", "finetune", "finetune-gglm")
 # Setup changes a run's setting names when they differ from the profile's defaults
-# (--dropout, --subword-data); runs without them are the default setup.
-SETUP_CHANGES = ("dropout", "subword_data")
+# (--dropout, --subword-data, --ffn); runs without them are the default setup.
+SETUP_CHANGES = ("dropout", "subword_data", "ffn")
 # Systems that continue another system's training on the clean set -> the system they start from.
 FINE_TUNED = {"finetune": "baseline", "finetune-gglm": "gglm"}
 # Systems --tag names (variants beside the default system of the kind); a tagged fine-tuned

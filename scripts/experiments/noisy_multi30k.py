@@ -17,8 +17,9 @@ A joint sentencepiece model (unigram, 8k) is trained on the noisy training text
 (``--subword-data clean``: on the training text before the noise, so that the subwords never
 saw the noisy targets).
 
-``--dropout P`` sets the model's dropout for every system (default the profile's, 0.1). Both
-options change the setup (named in ``setting``), so such a run needs its own ``--work``.
+``--dropout P`` sets the model's dropout for every system (default the profile's, 0.1), ``--ffn N``
+its feed-forward width (default the profile's, 1024 at full). These options change the setup
+(named in ``setting``), so such a run needs its own ``--work``.
 
 Systems (same model, same number of updates of the same batch size):
 
@@ -574,6 +575,10 @@ def parse_args(argv: List[str]) -> argparse.Namespace:
         help="the model's dropout, every system (default: the profile's, 0.1)",
     )  # fmt: skip
     parser.add_argument(
+        "--ffn", type=int, default=None,
+        help="the model's feed-forward width, every system (default: the profile's)",
+    )  # fmt: skip
+    parser.add_argument(
         "--subword-data", choices=sorted(SUBWORD_DATA), default="noisy",
         help="what sentencepiece learns from: the noisy training text (default) or the same "
         "text before the noise (clean: the subwords never see the noisy targets)",
@@ -621,6 +626,8 @@ def setting_of(args: argparse.Namespace, profile: Profile) -> Dict[str, object]:
     setting: Dict[str, object] = {"profile": args.profile, "noise": args.noise, "seed": args.seed}
     if profile.dropout != PROFILES[args.profile].dropout:
         setting["dropout"] = profile.dropout
+    if profile.ffn != PROFILES[args.profile].ffn:
+        setting["ffn"] = profile.ffn
     if args.subword_data != "noisy":
         setting["subword_data"] = args.subword_data
     return setting
@@ -631,6 +638,8 @@ def main(argv: List[str]) -> int:
     profile = PROFILES[args.profile]
     if args.dropout is not None:
         profile = replace(profile, dropout=args.dropout)
+    if args.ffn is not None:
+        profile = replace(profile, ffn=args.ffn)
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     setting = setting_of(args, profile)

@@ -5,7 +5,7 @@
 #                                  [--noise-levels "0.2 0"] [--seeds "1 2 3"]
 #                                  [--clean-sets "wmt21 val100 val50"]
 #                                  [--full-variants "keep-tokens mask-8192 baseline-8192"]
-#                                  [--setups "d0.3 spm-clean"] [--setup-seeds "1 2"]
+#                                  [--setups "d0.3 spm-clean"] [--setup-seeds "1 2 3"]
 #                                  [--finetune-recipes "10 25"]
 #                                  [--page-only] [--docs docs]
 #
@@ -33,11 +33,12 @@
 #     then, on seed 1's data, gglm, finetune and finetune-gglm with each of --clean-sets (another
 #     domain: newstest2021; tiny: 100 and 50 pairs), beside the default clean set, with the
 #     same --finetune-recipes; and, each in
-#     its own folder, each of --setup-seeds (default "1 2") with one part of the setup changed
+#     its own folder, each of --setup-seeds (default "1 2 3") with one part of the setup changed
 #     (--setups; d0.3: dropout 0.3, spm-clean: sentencepiece trained on the text before the
-#     noise): baseline, gglm and both fine-tuned systems (the page sets each beside the default
-#     setup of the same seed, which is the same noise injection), for d0.3 also the GGLM
-#     variant nodrop (alignment without dropout) and its fine-tuned model, and the alignment
+#     noise; not run by default: ffn512, the feed-forward width 512, and heldout, the three
+#     changes of the held-out check at once): baseline, gglm and both fine-tuned systems (the
+#     page sets each beside the default setup of the same seed, which is the same noise
+#     injection), for d0.3 and heldout also the GGLM variant nodrop (alignment without dropout) and its fine-tuned model, and the alignment
 #     probe of each setup's baseline
 #   last: scripts/experiments/make_results.py -> DOCS/results.md and DOCS/*.png; each results
 #     file is archived as DOCS/data/KEY.json, and a run whose results are not on this machine
@@ -54,7 +55,7 @@ seeds="1 2 3"
 clean_sets="wmt21 val100 val50"
 full_variants="keep-tokens mask-8192 baseline-8192"
 setups="d0.3 spm-clean"
-setup_seeds="1 2"
+setup_seeds="1 2 3"
 finetune_recipes="10 25"
 page_only=0
 docs=docs
@@ -113,10 +114,17 @@ declare -A tuned_variants=(
 declare -A setup_flags=(
   [d0.3]="--dropout 0.3"
   [spm-clean]="--subword-data clean"
+  [ffn512]="--ffn 512"
+  [heldout]="--dropout 0.3 --subword-data clean --ffn 512"
 )
 # Setup name -> GGLM variants tried in that setup too (with their fine-tuned models): without
 # dropout in the alignment pass, the lead for the gain dropout 0.3 costs.
-declare -A setup_variants=([d0.3]="nodrop")
+declare -A setup_variants=([d0.3]="nodrop" [heldout]="nodrop")
+for name in $setups; do
+  if [ -z "${setup_flags[$name]+set}" ]; then
+    echo "unknown setup: $name (choose from: ${!setup_flags[*]})" >&2; exit 2
+  fi
+done
 
 results=()
 # Every runner step below is skipped with --page-only (the results files are only listed).

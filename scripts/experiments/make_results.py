@@ -18,7 +18,7 @@ import shlex
 import statistics
 import sys
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, Iterable, List, Optional, Tuple
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
@@ -536,12 +536,18 @@ def mean_sd_text(values: List[float]) -> str:
     return f"{mean:.2f}" + ("" if sd is None else f" ± {sd:.2f}") + f" (n={len(values)})"
 
 
-def seed_groups(runs: List[Dict]) -> Dict[Tuple[str, float], List[Dict]]:
-    """Noisy-Multi30k runs of one profile and noise level in the default setup, one per seed."""
+def by_profile_and_noise(runs: Iterable[Dict]) -> Dict[Tuple[str, float], List[Dict]]:
+    """The runs grouped by profile and noise level, in the order given."""
     groups: Dict[Tuple[str, float], List[Dict]] = {}
-    for results in filter(default_setup, runs):
+    for results in runs:
         setting = results["setting"]
         groups.setdefault((setting["profile"], setting["noise"]), []).append(results)
+    return groups
+
+
+def seed_groups(runs: List[Dict]) -> Dict[Tuple[str, float], List[Dict]]:
+    """Noisy-Multi30k runs of one profile and noise level in the default setup, one per seed."""
+    groups = by_profile_and_noise(filter(default_setup, runs))
     return {k: sorted(v, key=lambda r: r["setting"]["seed"]) for k, v in groups.items()
             if len({r["setting"]["seed"] for r in v}) > 1}  # fmt: skip
 
@@ -835,11 +841,8 @@ def gain_follows_baseline(runs: List[Dict]) -> List[str]:
     """Per profile and noise, over every run with both systems (each seed, each setup): how
     much the baseline's and GGLM's scores vary, whether GGLM's follows the baseline's, and
     whether GGLM's gain shrinks as the baseline's validation BLEU rises."""
-    groups: Dict[Tuple[str, float], List[Dict]] = {}
-    for results in runs:
-        if {"baseline", "gglm"} <= set(results.get("systems", {})):
-            setting = results["setting"]
-            groups.setdefault((setting["profile"], setting["noise"]), []).append(results)
+    groups = by_profile_and_noise(
+        r for r in runs if {"baseline", "gglm"} <= set(r.get("systems", {})))
     rows = []
     for (profile, noise), group in sorted(groups.items()):
         if len(group) < 3:

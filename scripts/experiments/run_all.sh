@@ -38,8 +38,8 @@
 #     noise; not run by default: ffn512, the feed-forward width 512, and heldout, the three
 #     changes of the held-out check at once): baseline, gglm and both fine-tuned systems (the
 #     page sets each beside the default setup of the same seed, which is the same noise
-#     injection), for d0.3 and heldout also the GGLM variant nodrop (alignment without dropout) and its fine-tuned model, and the alignment
-#     probe of each setup's baseline
+#     injection), for d0.3 and heldout also the GGLM variant nodrop (alignment without
+#     dropout) and its fine-tuned model, and the alignment probe of each setup's baseline
 #   last: scripts/experiments/make_results.py -> DOCS/results.md and DOCS/*.png; each results
 #     file is archived as DOCS/data/KEY.json, and a run whose results are not on this machine
 #     is taken from that archive (--page-only: no training, only the page)

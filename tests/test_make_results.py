@@ -9,6 +9,7 @@ from make_results import (  # noqa: E402
     TESTS,
     asked_systems,
     gain_follows_baseline,
+    gain_follows_failed_outputs,
     keep_tokens_section,
     noise_levels_section,
     seeds_section,
@@ -372,3 +373,22 @@ def test_gain_follows_baseline_gives_spreads_and_correlations_over_runs_with_bot
     row = "| quick p=0.4 | 3 |" + " 4.00 / 1.00 | -0.50 | -0.98 |" * 3
     assert row in gain_follows_baseline(runs)
     assert gain_follows_baseline(runs[1:]) == []  # two runs: no correlation shown
+
+
+def test_gain_follows_failed_outputs_fits_the_gain_on_fewer_copied_and_french_outputs():
+    # Copied + French (points) falls by 10, 5, 0 and BLEU rises by 6, 3.5, 1: gain = 1 - 0.5 x,
+    # r = -1 exactly, nothing left; copied falls by 4, 2, 0 and French by 6, 3, 0 on average
+    # -2 and -3 points.
+    def shares(bleu: float, copied: float, french: float) -> dict:
+        scores = {"bleu": bleu, "copied": copied, "french": french}
+        return {subset: dict(scores) for subset in ("valid", *TESTS)}
+
+    runs = [run(0.4, {"baseline": shares(10.0, 0.02 * k, 0.03 * k),
+                      "gglm": shares(10.0 + 1.0 + 2.5 * k, 0.0, 0.0)})
+            for k in (2, 1, 0)]  # fmt: skip
+    runs.append(run(0.4, {"baseline": entry(5.0, 5.0), "gglm": entry(6.0, 6.0)}))  # no shares
+    lines = gain_follows_failed_outputs(runs)
+    row = "| quick p=0.4 | valid | 3 | 3.50 ± 2.50 (n=3) | -2.0 | -3.0 | -1.00 | -0.50 | +1.00 |"
+    assert row + " 0.00 |" in lines
+    assert sum(line.startswith("| quick p=0.4 |") for line in lines) == 3  # each set once
+    assert gain_follows_failed_outputs(runs[1:]) == []  # two runs with shares: no line

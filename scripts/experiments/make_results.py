@@ -869,6 +869,57 @@ def gain_follows_baseline(runs: List[Dict]) -> List[str]:
             ""] + table(header, rows) + [""]  # fmt: skip
 
 
+def failed_outputs(entry: Dict, subset: str) -> Optional[float]:
+    """Percent of a system's outputs on ``subset`` that copy the source plus those in French
+    (the two things the untranslated and wrong-language noise teach); None where not recorded."""
+    shares = entry.get(subset, {})
+    if "copied" not in shares or "french" not in shares:
+        return None
+    return 100 * (shares["copied"] + shares["french"])
+
+
+def gain_follows_failed_outputs(runs: List[Dict]) -> List[str]:
+    """Per profile, noise and evaluation set, over every run with both systems: how much of
+    GGLM's gain over the baseline is fewer copied or French outputs (a least-squares line of
+    the gain on the change in their share; its intercept is the gain at an equal share)."""
+    groups = by_profile_and_noise(
+        r for r in runs if {"baseline", "gglm"} <= set(r.get("systems", {})))
+    rows = []
+    for (profile, noise), group in sorted(groups.items()):
+        for subset in SETS:
+            points = []  # (change in failed outputs, change in copied, in French, gain)
+            for results in group:
+                base, ours = results["systems"]["baseline"], results["systems"]["gglm"]
+                before, after = failed_outputs(base, subset), failed_outputs(ours, subset)
+                if before is None or after is None:
+                    continue
+                points.append((after - before,
+                               100 * (ours[subset]["copied"] - base[subset]["copied"]),
+                               100 * (ours[subset]["french"] - base[subset]["french"]),
+                               ours[subset]["bleu"] - base[subset]["bleu"]))  # fmt: skip
+            if len(points) < 3 or len({p[0] for p in points}) < 2:
+                continue  # no line through fewer than three runs, none through one x
+            failed, copied, french, gain = (list(column) for column in zip(*points))
+            slope, intercept = statistics.linear_regression(failed, gain)
+            left = [g - (intercept + slope * f) for f, g in zip(failed, gain)]
+            rows.append([f"{profile} p={noise}", subset, str(len(points)), mean_sd_text(gain),
+                         fmt(statistics.mean(copied), 1), fmt(statistics.mean(french), 1),
+                         correlation_text(failed, gain), f"{slope:+.2f}", f"{intercept:+.2f}",
+                         fmt(math.sqrt(sum(v * v for v in left) / (len(left) - 2)) if len(left) > 2
+                             else None)])  # fmt: skip
+    if not rows:
+        return []
+    header = ["run", "set", "runs", "gglm − baseline", "Δ copied (points)", "Δ French (points)",
+              "r(gain, Δ copied + French)", "BLEU per point", "gain at equal share",
+              "sd of gain left"]  # fmt: skip
+    return ["Where does GGLM's gain come from? Over the same runs: the change (GGLM minus "
+            "baseline) in the percent of outputs that copy the English source and of those in "
+            "French, the correlation of the BLEU gain with the two together, and a least-squares "
+            "line of the gain on them: its slope, its intercept (the gain GGLM would have at the "
+            "baseline's share of copied and French outputs) and the sample sd of the gain the "
+            "line leaves unexplained.", ""] + table(header, rows) + [""]  # fmt: skip
+
+
 def keep_tokens_section(runs: List[Dict]) -> List[str]:
     """--gglm-keep-tokens beside mask-only GGLM and the baseline: how many target tokens an
     update trained on, and what that bought."""
@@ -945,6 +996,7 @@ def main(argv: List[str]) -> int:
     lines += clean_sets_section(multi30k)
     lines += keep_tokens_section(multi30k)
     lines += setups_section(multi30k) + gain_follows_baseline(multi30k)
+    lines += gain_follows_failed_outputs(multi30k)
     lines += noise_levels_section(multi30k)
     lines += variants_section(multi30k)
     for results in runs:

@@ -387,8 +387,13 @@ def test_gain_follows_failed_outputs_fits_the_gain_on_fewer_copied_and_french_ou
                       "gglm": shares(10.0 + 1.0 + 2.5 * k, 0.0, 0.0)})
             for k in (2, 1, 0)]  # fmt: skip
     runs.append(run(0.4, {"baseline": entry(5.0, 5.0), "gglm": entry(6.0, 6.0)}))  # no shares
+    # Two runs measured where both translate: +1 and +2 BLEU on 900 and 800 sentences.
+    for record, gain in zip(runs, (1.0, 2.0)):
+        record["systems"]["gglm"]["valid"]["both_translated"] = {
+            "sentences": 1000 - 100 * gain, "bleu": 20.0 + gain, "baseline_bleu": 20.0}
     lines = gain_follows_failed_outputs(runs)
     row = "| quick p=0.4 | valid | 3 | 3.50 ± 2.50 (n=3) | -2.0 | -3.0 | -1.00 | -0.50 | +1.00 |"
-    assert row + " 0.00 |" in lines
+    assert row + " 0.00 | 1.50 ± 0.71 (n=2) | 850 |" in lines
+    assert row.replace("valid", TESTS[0]) + " 0.00 | – | – |" in lines  # none measured there
     assert sum(line.startswith("| quick p=0.4 |") for line in lines) == 3  # each set once
     assert gain_follows_failed_outputs(runs[1:]) == []  # two runs with shares: no line

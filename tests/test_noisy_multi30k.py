@@ -6,7 +6,12 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts" / "experiments"))
 import noisy_multi30k  # noqa: E402
 from common import PROFILES  # noqa: E402
-from noisy_multi30k import output_shares, parse_args, system_command  # noqa: E402
+from noisy_multi30k import (  # noqa: E402
+    both_translated,
+    output_shares,
+    parse_args,
+    system_command,
+)
 
 
 def test_output_shares_count_copies_and_french():
@@ -20,6 +25,22 @@ def test_output_shares_count_copies_and_french():
     assert output_shares(hypotheses, sources) == {"copied": 0.25, "french": 0.25}
     mixed = ["le chien und die Katze mit dem Ball"]  # German function words outnumber
     assert output_shares(mixed, ["x"]) == {"copied": 0.0, "french": 0.0}
+
+
+def test_both_translated_scores_both_systems_where_neither_copied_nor_wrote_french():
+    sources = ["A man runs .", "Two dogs play .", "A girl sings .", "A boy reads ."]
+    references = ["Ein Mann rennt .", "Zwei Hunde spielen .", "Ein Mädchen singt .",
+                  "Ein Junge liest ."]  # fmt: skip
+    ours = ["Ein Mann rennt .", "Zwei Hunde spielen .", "Ein Mädchen singt .", "A boy reads ."]
+    baseline = ["A man runs .", "Les chiens et le chat .", "Ein Mädchen singt .",
+                "Ein Junge liest ."]  # fmt: skip
+    # Sentence 3 only: the baseline copied 1 and wrote French for 2, ours copied 4.
+    assert both_translated(ours, baseline, sources, references) == {
+        "sentences": 1, "bleu": 100.0, "baseline_bleu": 100.0}
+    baseline[2] = "Ein Junge liest ."
+    measured = both_translated(ours, baseline, sources, references)
+    assert measured["sentences"] == 1 and measured["bleu"] > measured["baseline_bleu"]
+    assert both_translated(sources, sources, sources, references) == {"sentences": 0}
 
 
 def flag(command, name):

@@ -881,15 +881,20 @@ def failed_outputs(entry: Dict, subset: str) -> Optional[float]:
 def gain_follows_failed_outputs(runs: List[Dict]) -> List[str]:
     """Per profile, noise and evaluation set, over every run with both systems: how much of
     GGLM's gain over the baseline is fewer copied or French outputs (a least-squares line of
-    the gain on the change in their share; its intercept is the gain at an equal share)."""
+    the gain on the change in their share) and, where measured, the gain on the sentences
+    where both systems translate."""
     groups = by_profile_and_noise(
         r for r in runs if {"baseline", "gglm"} <= set(r.get("systems", {})))
     rows = []
     for (profile, noise), group in sorted(groups.items()):
         for subset in SETS:
             points = []  # (change in failed outputs, change in copied, in French, gain)
+            translated = []  # measured where the runner had both systems' outputs
             for results in group:
                 base, ours = results["systems"]["baseline"], results["systems"]["gglm"]
+                record = ours.get(subset, {}).get("both_translated", {})
+                if "bleu" in record:
+                    translated.append(record)
                 before, after = failed_outputs(base, subset), failed_outputs(ours, subset)
                 if before is None or after is None:
                     continue
@@ -902,22 +907,28 @@ def gain_follows_failed_outputs(runs: List[Dict]) -> List[str]:
             failed, copied, french, gain = (list(column) for column in zip(*points))
             slope, intercept = statistics.linear_regression(failed, gain)
             left = [g - (intercept + slope * f) for f, g in zip(failed, gain)]
+            residual_sd = math.sqrt(sum(v * v for v in left) / (len(left) - 2))
+            sentences = statistics.mean(t["sentences"] for t in translated) if translated else None
             rows.append([f"{profile} p={noise}", subset, str(len(points)), mean_sd_text(gain),
                          fmt(statistics.mean(copied), 1), fmt(statistics.mean(french), 1),
                          correlation_text(failed, gain), f"{slope:+.2f}", f"{intercept:+.2f}",
-                         fmt(math.sqrt(sum(v * v for v in left) / (len(left) - 2)) if len(left) > 2
-                             else None)])  # fmt: skip
+                         fmt(residual_sd),
+                         mean_sd_text([t["bleu"] - t["baseline_bleu"] for t in translated]),
+                         fmt(sentences, 0)])  # fmt: skip
     if not rows:
         return []
     header = ["run", "set", "runs", "gglm − baseline", "Δ copied (points)", "Δ French (points)",
               "r(gain, Δ copied + French)", "BLEU per point", "gain at equal share",
-              "sd of gain left"]  # fmt: skip
+              "sd of gain left", "gain where both translate", "sentences there"]  # fmt: skip
     return ["Where does GGLM's gain come from? Over the same runs: the change (GGLM minus "
             "baseline) in the percent of outputs that copy the English source and of those in "
             "French, the correlation of the BLEU gain with the two together, and a least-squares "
-            "line of the gain on them: its slope, its intercept (the gain GGLM would have at the "
-            "baseline's share of copied and French outputs) and the sample sd of the gain the "
-            "line leaves unexplained.", ""] + table(header, rows) + [""]  # fmt: skip
+            "line of the gain on them: its slope, its intercept (the line's gain at an unchanged "
+            "share: a fit, not a measurement) and the sample sd of the gain the line leaves "
+            "unexplained. Measured beside it where the runs kept both systems' outputs: BLEU of "
+            "GGLM minus the baseline on the sentences where neither copied the source nor wrote "
+            "French, and how many sentences that is (mean over those runs).",
+            ""] + table(header, rows) + [""]  # fmt: skip
 
 
 def keep_tokens_section(runs: List[Dict]) -> List[str]:

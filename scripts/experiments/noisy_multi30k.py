@@ -466,7 +466,7 @@ def baseline_from_long(
         "curve": [p for p in long_entry.get("curve", []) if p["updates"] <= profile.updates],
     }
     entry.update(evaluate("baseline", work, profile))
-    add_output_shares(entry, "baseline", work)
+    add_output_measures(entry, "baseline", work)
     add_trained_tokens(entry, "baseline", work)
     return entry
 
@@ -478,25 +478,58 @@ GERMAN_WORDS = frozenset(
 )
 
 
+def is_french(line: str) -> bool:
+    """More French function words than German ones."""
+    words = line.lower().split()
+    return sum(w in FRENCH_WORDS for w in words) > sum(w in GERMAN_WORDS for w in words)
+
+
 def output_shares(hypotheses: Sequence[str], sources: Sequence[str]) -> Dict[str, float]:
     """What the noise can teach a model to do wrong: the share of outputs that copy the
     source exactly, and the share whose French function words outnumber the German ones."""
-
-    def french(line: str) -> bool:
-        words = line.lower().split()
-        return sum(w in FRENCH_WORDS for w in words) > sum(w in GERMAN_WORDS for w in words)
-
     n = max(len(hypotheses), 1)
     copied = sum(h.strip() == s.strip() for h, s in zip(hypotheses, sources))
-    return {"copied": round(copied / n, 4), "french": round(sum(map(french, hypotheses)) / n, 4)}
+    return {"copied": round(copied / n, 4), "french": round(sum(map(is_french, hypotheses)) / n, 4)}
 
 
-def add_output_shares(entry: Dict[str, object], name: str, work: Path) -> None:
-    """output_shares of each evaluation set, from the hypotheses ``evaluate`` wrote."""
+def both_translated(
+    ours: Sequence[str], baseline: Sequence[str], sources: Sequence[str],
+    references: Sequence[str],
+) -> Dict[str, object]:
+    """BLEU of two systems on the sentences where neither copied the source nor wrote French:
+    how they compare where both attempted German."""  # fmt: skip
+
+    def attempted(hypothesis: str, source: str) -> bool:
+        return hypothesis.strip() != source.strip() and not is_french(hypothesis)
+
+    kept = [i for i, (a, b, source) in enumerate(zip(ours, baseline, sources))
+            if attempted(a, source) and attempted(b, source)]  # fmt: skip
+    if not kept:
+        return {"sentences": 0}  # sacrebleu cannot score an empty corpus
+    chosen_references = [references[i] for i in kept]
+    return {
+        "sentences": len(kept),
+        "bleu": score([ours[i] for i in kept], chosen_references)["bleu"],
+        "baseline_bleu": score([baseline[i] for i in kept], chosen_references)["bleu"],
+    }
+
+
+def add_output_measures(entry: Dict[str, object], name: str, work: Path) -> None:
+    """From the hypotheses ``evaluate`` wrote, on each evaluation set: ``output_shares`` and,
+    beside the baseline of the same folder, ``both_translated`` (what was recorded stays
+    where the hypotheses are gone)."""
     for subset, label in EVAL_SETS.items():
-        hypotheses = read_lines(work / "hyp" / f"{name}.{label}.{TGT}")
+        hypotheses_path = work / "hyp" / f"{name}.{label}.{TGT}"
+        if not hypotheses_path.exists():
+            continue
+        hypotheses = read_lines(hypotheses_path)
         sources = read_lines(work / "text" / f"{subset}.{SRC}")
         entry[label].update(output_shares(hypotheses, sources))
+        baseline_path = work / "hyp" / f"baseline.{label}.{TGT}"
+        if name != "baseline" and baseline_path.exists():
+            references = read_lines(work / "text" / f"{subset}.{TGT}")
+            entry[label]["both_translated"] = both_translated(
+                hypotheses, read_lines(baseline_path), sources, references)
 
 
 def add_trained_tokens(entry: Dict[str, object], name: str, work: Path) -> None:
@@ -669,7 +702,7 @@ def main(argv: List[str]) -> int:
         if name in systems and systems[name].get("train_command") == command and not args.force:
             log(f"{name}: already scored, skipped")
             # Cheap, from the record, the log and the written outputs: the newest metrics.
-            add_output_shares(systems[name], name, work)
+            add_output_measures(systems[name], name, work)
             add_trained_tokens(systems[name], name, work)
             if "detection" in systems[name]:
                 systems[name]["detection"] = detection(name, work)
@@ -694,7 +727,7 @@ def main(argv: List[str]) -> int:
         if args.kinds[name] in FINE_TUNED:
             entry["finetune_updates"] = finetune_updates(args, profile)
         entry.update(evaluate(name, work, profile))
-        add_output_shares(entry, name, work)
+        add_output_measures(entry, name, work)
         add_trained_tokens(entry, name, work)
         if args.curve_every or name == "baseline-long":
             entry["curve"] = curve(name, work, profile,

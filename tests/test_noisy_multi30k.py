@@ -7,6 +7,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts" / "experi
 import noisy_multi30k  # noqa: E402
 from common import PROFILES  # noqa: E402
 from noisy_multi30k import (  # noqa: E402
+    EVAL_SETS,
+    add_output_measures,
     both_translated,
     output_shares,
     parse_args,
@@ -41,6 +43,24 @@ def test_both_translated_scores_both_systems_where_neither_copied_nor_wrote_fren
     measured = both_translated(ours, baseline, sources, references)
     assert measured["sentences"] == 1 and measured["bleu"] > measured["baseline_bleu"]
     assert both_translated(sources, sources, sources, references) == {"sentences": 0}
+
+
+def test_add_output_measures_keeps_the_record_where_the_outputs_are_gone(tmp_path):
+    (tmp_path / "text").mkdir()
+    (tmp_path / "hyp").mkdir()
+    for subset, label in EVAL_SETS.items():
+        (tmp_path / "text" / f"{subset}.en").write_text("A man runs .\n", encoding="utf-8")
+        (tmp_path / "text" / f"{subset}.de").write_text("Ein Mann rennt .\n", encoding="utf-8")
+        (tmp_path / "hyp" / f"baseline.{label}.de").write_text("A man runs .\n", encoding="utf-8")
+    recorded = {"bleu": 1.0, "copied": 0.5, "french": 0.5}
+    entry = {label: dict(recorded) for label in EVAL_SETS.values()}
+    valid = EVAL_SETS["valid"]
+    (tmp_path / "hyp" / f"gglm.{valid}.de").write_text("Ein Mann rennt .\n", encoding="utf-8")
+    add_output_measures(entry, "gglm", tmp_path)
+    # valid: measured again (no copy, no French; the baseline copied, so nothing both translate)
+    assert entry[valid] == {"bleu": 1.0, "copied": 0.0, "french": 0.0,
+                            "both_translated": {"sentences": 0}}  # fmt: skip
+    assert all(entry[label] == recorded for label in EVAL_SETS.values() if label != valid)
 
 
 def flag(command, name):

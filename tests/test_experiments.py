@@ -11,7 +11,7 @@ import pytest
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data" / "multi30k"
-SYSTEMS = ("baseline", "gglm", "oracle", "finetune", "finetune-gglm", "oracle-mask",
+SYSTEMS = ("baseline", "gglm", "oracle", "filtered", "finetune", "finetune-gglm", "oracle-mask",
            "random-mask")  # fmt: skip
 sys.path.insert(0, str(REPO / "scripts" / "experiments"))
 from make_results import CONTROLS  # noqa: E402
@@ -23,12 +23,19 @@ def test_noisy_multi30k_smoke(tmp_path):
         [sys.executable, str(REPO / "scripts" / "experiments" / "noisy_multi30k.py"),
          "--profile", "smoke", "--work", str(tmp_path), "--noise", "0.4", "--seed", "1",
          "--systems", ",".join(SYSTEMS), "--data", str(DATA)],
-        capture_output=True, text=True, timeout=300,
+        capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
     results = json.loads((tmp_path / "results.json").read_text())
     assert results["setting"] == {"profile": "smoke", "noise": 0.4, "seed": 1}
     assert results["data"]["train_pairs"] == 400
+    # The filter removes every copied target and (nearly) every French one, and little else.
+    filtered, labels = results["data"]["filtered"], results["data"]["label_counts"]
+    assert filtered["pairs"] + sum(filtered["removed"].values()) == 400
+    assert filtered["removed"]["untranslated"] == labels["untranslated"]
+    assert filtered["removed"]["wrong_language"] >= 0.8 * labels["wrong_language"]
+    assert filtered["removed"].get("clean", 0) <= 0.02 * labels["clean"]
+    assert (tmp_path / "bin-filtered" / "train.en-de.de.bin").stat().st_size > 0
     assert set(results["systems"]) == set(SYSTEMS)
     for name in SYSTEMS:
         entry = results["systems"][name]

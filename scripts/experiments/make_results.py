@@ -480,9 +480,9 @@ RECIPE_CHOICES = (*((kind, "") for kind in FINE_TUNED), ("finetune", LARGE_BATCH
                   ("finetune-gglm", EQUAL_CANDIDATES_TAG))  # fmt: skip
 LARGE_BASELINE_TUNED, KEEP_TOKENS_TUNED, EQUAL_CANDIDATES_TUNED = (
     chosen_row(kind, tag) for kind, tag in RECIPE_CHOICES[len(FINE_TUNED):])
-SEEDED = ("baseline", "baseline-long", LARGE_BASELINE, "gglm", KEEP_TOKENS, EQUAL_CANDIDATES,
-          "finetune", CHOSEN["finetune"], "finetune-gglm", CHOSEN["finetune-gglm"],
-          LARGE_BASELINE_TUNED, KEEP_TOKENS_TUNED, EQUAL_CANDIDATES_TUNED,
+SEEDED = ("baseline", "baseline-long", "filtered", LARGE_BASELINE, "gglm", KEEP_TOKENS,
+          EQUAL_CANDIDATES, "finetune", CHOSEN["finetune"], "finetune-gglm",
+          CHOSEN["finetune-gglm"], LARGE_BASELINE_TUNED, KEEP_TOKENS_TUNED, EQUAL_CANDIDATES_TUNED,
           "oracle")  # fmt: skip
 SETS = ("valid", *TESTS)
 
@@ -615,7 +615,8 @@ def seeds_section(runs: List[Dict], docs: Path) -> List[str]:
             rows.append(row)
         lines += table(["system", *[f"{s} BLEU" for s in SETS], "train min", "detection AUC"],
                        rows) + [""]  # fmt: skip
-        pairs = [("gglm", "baseline"), ("gglm", "baseline-long"), ("finetune-gglm", "finetune"),
+        pairs = [("gglm", "baseline"), ("gglm", "baseline-long"), ("filtered", "baseline"),
+                 ("gglm", "filtered"), ("finetune-gglm", "finetune"),
                  ("gglm", "finetune"), ("gglm", CHOSEN["finetune"]), (KEEP_TOKENS, "baseline"),
                  (KEEP_TOKENS, "gglm"), (KEEP_TOKENS, EQUAL_CANDIDATES),
                  (KEEP_TOKENS, LARGE_BASELINE), (EQUAL_CANDIDATES, LARGE_BASELINE),

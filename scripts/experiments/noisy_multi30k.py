@@ -32,6 +32,10 @@ Systems (same model, same number of updates of the same batch size):
   (``baseline-T``) trains on batches of ``--candidate-max-tokens`` too: the control for
   whether a gain of GGLM on larger batches comes from the batch or from the mask;
 - ``oracle``: only the uncorrupted pairs;
+- ``filtered``: the noisy pairs a two-rule filter keeps, the first cleaning a user would run:
+  out go a German side that copies the English source and one with more French than German
+  function words (the rules that count copied and French outputs); the results' ``data.filtered``
+  says how many pairs of each injected label it removed;
 - ``baseline-long``: the baseline trained for ``--long-ratio`` times the updates, GGLM's time
   per update at its defaults (the baseline given GGLM's wall-clock). Its checkpoint at the
   profile's budget *is* the baseline (inverse-sqrt schedule, per-update seeds: the same run
@@ -100,6 +104,7 @@ from common import (
 from names import CLEAN_USERS, DEFAULT_CLEAN_SET, FINE_TUNED, system_name
 
 from gglm_fairseq.noise import CLEAN, corrupt
+from gglm_fairseq.record import RECORD_FILE
 from gglm_fairseq.report import detection_auc
 
 SRC, TGT, THIRD = "en", "de", "fr"
@@ -111,11 +116,14 @@ SYSTEMS = (
     "baseline-long",
     "gglm",
     "oracle",
+    "filtered",
     "finetune",
     "finetune-gglm",
     "oracle-mask",
     "random-mask",
 )
+# Systems that train on their own training split (WORK/bin-KIND) instead of the noisy one.
+OWN_TRAINING_SPLIT = ("oracle", "filtered")
 # --subword-data -> the text sentencepiece learns from.
 SUBWORD_DATA = {"noisy": "noisy train en+de", "clean": "train en+de before the noise"}
 WMT21_PAIRS = 500  # as many pairs as the default clean set
@@ -166,7 +174,7 @@ def prepare_data(args: argparse.Namespace, profile: Profile, work: Path) -> Dict
     spm_seconds = time.time() - start
     log(f"sentencepiece: trained and encoded in {spm_seconds:.0f} s")
 
-    bin_dir, oracle_dir = work / "bin", work / "bin-oracle"
+    bin_dir = work / "bin"
     seconds = preprocess(
         bin_dir,
         ["-s", SRC, "-t", TGT, "--joined-dictionary", "--trainpref", str(spm_dir / "train"),
@@ -174,19 +182,7 @@ def prepare_data(args: argparse.Namespace, profile: Profile, work: Path) -> Dict
          "--testpref", f"{spm_dir / 'test'},{spm_dir / 'test1'}"],
         work / "logs" / "preprocess.log",
     )  # fmt: skip
-    # The oracle binarises its own training split with the same dictionary; the rest is shared.
-    seconds += preprocess(
-        oracle_dir,
-        ["-s", SRC, "-t", TGT, "--trainpref", str(spm_dir / "oracle"),
-         "--srcdict", str(bin_dir / f"dict.{SRC}.txt"),
-         "--tgtdict", str(bin_dir / f"dict.{TGT}.txt")],
-        work / "logs" / "preprocess-oracle.log",
-    )  # fmt: skip
-    for path in bin_dir.iterdir():
-        if not path.name.startswith(("train.", "dict.", "preprocess")):
-            target = oracle_dir / path.name
-            if not target.exists():
-                target.symlink_to(path.resolve())
+    seconds += binarise_training_split(work, "oracle")
     log(f"binarised in {seconds:.0f} s")
     counts = Counter(labels)
     valid_size = len(read_lines(text / f"valid.{SRC}"))
@@ -206,6 +202,44 @@ def prepare_data(args: argparse.Namespace, profile: Profile, work: Path) -> Dict
         "checksums": data_checksums(work),
         "prepare_seconds": round(spm_seconds + seconds, 1),
     }
+
+
+def binarise_training_split(work: Path, split: str) -> float:
+    """Binarise ``WORK/spm/SPLIT`` as the training split of ``WORK/bin-SPLIT`` with the
+    experiment's dictionary; its other splits link to ``WORK/bin``'s (the same validation,
+    clean set and tests). Returns the seconds taken."""
+    bin_dir, split_dir = work / "bin", work / f"bin-{split}"
+    seconds = preprocess(
+        split_dir,
+        ["-s", SRC, "-t", TGT, "--trainpref", str(work / "spm" / split),
+         "--srcdict", str(bin_dir / f"dict.{SRC}.txt"),
+         "--tgtdict", str(bin_dir / f"dict.{TGT}.txt")],
+        work / "logs" / f"preprocess-{split}.log",
+    )  # fmt: skip
+    for path in bin_dir.iterdir():
+        if not path.name.startswith(("train.", "dict.", "preprocess")):
+            target = split_dir / path.name
+            if not target.exists():
+                target.symlink_to(path.resolve())
+    return seconds
+
+
+def prepare_filtered(work: Path) -> Dict[str, object]:
+    """The training pairs whose German side ``looks_translated``, as ``WORK/bin-filtered``
+    (binarised once), and how many pairs of each injected label the filter removed."""
+    text = work / "text"
+    sources, targets = read_lines(text / f"train.{SRC}"), read_lines(text / f"train.{TGT}")
+    kept = [i for i, (s, t) in enumerate(zip(sources, targets)) if looks_translated(t, s)]
+    if not (work / "bin-filtered" / f"train.{SRC}-{TGT}.{SRC}.bin").exists():
+        for lang, lines in ((SRC, sources), (TGT, targets)):
+            write_lines(text / f"filtered.{lang}", [lines[i] for i in kept])
+            encode(work / "spm" / "spm.model", text / f"filtered.{lang}",
+                   work / "spm" / f"filtered.{lang}")  # fmt: skip
+        binarise_training_split(work, "filtered")
+    labels = read_lines(text / "train.labels")
+    removed = Counter(labels) - Counter(labels[i] for i in kept)
+    log(f"filtered: {len(kept)} of {len(sources)} pairs kept; removed {dict(removed)}")
+    return {"pairs": len(kept), "removed": dict(sorted(removed.items()))}
 
 
 # The files that make a run's data: the noisy text, its labels, the subwords and dictionary
@@ -291,7 +325,7 @@ def clean_set_text(args: argparse.Namespace, pairs: int) -> str:
 
 def system_command(name: str, args: argparse.Namespace, profile: Profile, work: Path) -> List[str]:
     kind = args.kinds.get(name, name)
-    data = work / ("bin-oracle" if kind == "oracle" else "bin")
+    data = work / (f"bin-{kind}" if kind in OWN_TRAINING_SPLIT else "bin")
     command = train_args(data, work / "checkpoints" / name, profile, args.seed, SRC, TGT)
     if kind not in FINE_TUNED and (args.curve_every or kind == "baseline-long"):
         every = args.curve_every or profile.updates
@@ -492,18 +526,19 @@ def output_shares(hypotheses: Sequence[str], sources: Sequence[str]) -> Dict[str
     return {"copied": round(copied / n, 4), "french": round(sum(map(is_french, hypotheses)) / n, 4)}
 
 
+def looks_translated(target: str, source: str) -> bool:
+    """Neither a copy of the source nor French: an attempt at German."""
+    return target.strip() != source.strip() and not is_french(target)
+
+
 def both_translated(
     ours: Sequence[str], baseline: Sequence[str], sources: Sequence[str],
     references: Sequence[str],
 ) -> Dict[str, object]:
     """BLEU of two systems on the sentences where neither copied the source nor wrote French:
     how they compare where both attempted German."""  # fmt: skip
-
-    def attempted(hypothesis: str, source: str) -> bool:
-        return hypothesis.strip() != source.strip() and not is_french(hypothesis)
-
     kept = [i for i, (a, b, source) in enumerate(zip(ours, baseline, sources))
-            if attempted(a, source) and attempted(b, source)]  # fmt: skip
+            if looks_translated(a, source) and looks_translated(b, source)]  # fmt: skip
     if not kept:
         return {"sentences": 0}  # sacrebleu cannot score an empty corpus
     chosen_references = [references[i] for i in kept]
@@ -690,6 +725,10 @@ def main(argv: List[str]) -> int:
             "pairs": pairs, "text": clean_set_text(args, pairs)}
         save_results(results_path, results)
 
+    if "filtered" in args.kinds.values():
+        results["data"]["filtered"] = prepare_filtered(work)
+        save_results(results_path, results)
+
     systems = results.setdefault("systems", {})
     for name in args.system_names:
         command = system_command(name, args, profile, work)
@@ -704,7 +743,8 @@ def main(argv: List[str]) -> int:
             # Cheap, from the record, the log and the written outputs: the newest metrics.
             add_output_measures(systems[name], name, work)
             add_trained_tokens(systems[name], name, work)
-            if "detection" in systems[name]:
+            record = work / "checkpoints" / name / RECORD_FILE
+            if "detection" in systems[name] and record.exists():  # kept when the record is gone
                 systems[name]["detection"] = detection(name, work)
             save_results(results_path, results)
             continue

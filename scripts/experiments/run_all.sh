@@ -20,16 +20,17 @@
 #        finetune (no oracle at noise 0: it would train on the baseline's data)
 #     5. the alignment probe of the noise-0.4 baseline (kept if its JSON exists)
 #   full (about 2 h per seed on 2 cores): noisy Multi30k, noise 0.4, for each of --seeds
-#     (default "1 2 3"): baseline-long (which also scores baseline), gglm, finetune,
-#     finetune-gglm (and oracle for seed 1), validation BLEU every 260 updates, the fine-tuned
-#     systems also at each of --finetune-recipes updates (the page picks the recipe with the
-#     best validation BLEU per seed and clean set) and the --full-variants of GGLM (keep-tokens:
-#     the update kept full; mask-8192: its control at equal candidate cost, mask-only GGLM on
-#     the same 8,192-token batches; baseline-8192: the baseline on those batches, the batch
-#     without a mask; each also fine-tuned with the default and each of --finetune-recipes:
-#     finetune-gglm-keep-tokens, finetune-gglm-mask-8192, finetune-8192); the alignment
-#     probe of seed 1's baseline; the results page adds means over seeds and the BLEU-vs-time
-#     plot;
+#     (default "1 2 3"): baseline-long (which also scores baseline), filtered (the baseline on
+#     the pairs a two-rule filter keeps: no target copying the source or in French), gglm,
+#     finetune, finetune-gglm (and oracle for seed 1), validation BLEU every 260 updates, the
+#     fine-tuned systems also at each of --finetune-recipes updates (the page picks the recipe
+#     with the best validation BLEU per seed and clean set) and the --full-variants of GGLM
+#     (keep-tokens: the update kept full; mask-8192: its control at equal candidate cost,
+#     mask-only GGLM on the same 8,192-token batches; baseline-8192: the baseline on those
+#     batches, the batch without a mask; each also fine-tuned with the default and each of
+#     --finetune-recipes: finetune-gglm-keep-tokens, finetune-gglm-mask-8192, finetune-8192);
+#     the alignment probe of seed 1's baseline; the results page adds means over seeds and the
+#     BLEU-vs-time plot;
 #     then, on seed 1's data, gglm, finetune and finetune-gglm with each of --clean-sets (another
 #     domain: newstest2021; tiny: 100 and 50 pairs), beside the default clean set, with the
 #     same --finetune-recipes; and, each in
@@ -149,7 +150,8 @@ for profile in $profiles; do
     # the baseline given GGLM's time per update; its checkpoint at the budget is the baseline.
     # --curve-every: validation BLEU at every 260 updates (the BLEU-vs-time plot).
     for seed in $seeds; do
-      work=$(seed_folder "$m30k" "$seed"); systems=baseline-long,gglm,finetune,finetune-gglm
+      work=$(seed_folder "$m30k" "$seed")
+      systems=baseline-long,filtered,gglm,finetune,finetune-gglm
       if [ "$seed" != 1 ]; then
         results+=("$work/results.json")
       else

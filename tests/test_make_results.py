@@ -88,6 +88,16 @@ def test_seeds_section_means_paired_differences_and_the_curve(tmp_path):
     assert seeds_section([seeded(1, 12.0, 14.0)], tmp_path) == []  # one seed: no section
 
 
+def test_seeds_section_sets_the_filtered_baseline_beside_gglm_and_fine_tuning(tmp_path):
+    runs = [seeded(1, 12.0, 14.0), seeded(2, 14.0, 14.5)]
+    for record, bleu in zip(runs, (15.0, 16.0)):
+        record["systems"]["filtered"] = entry(bleu, bleu) | {"train_seconds": 600.0}
+    lines = seeds_section(runs, tmp_path)
+    assert "| filtered − baseline | valid | 5.50 ± 0.71 (n=2) | +5.00, +6.00 | yes |" in lines
+    assert "| gglm − filtered | valid | -2.50 ± 0.71 (n=2) | -3.00, -2.00 | yes |" in lines
+    assert "| filtered − finetune | valid | 1.25 ± 0.35 (n=2) | +1.00, +1.50 | yes |" in lines
+
+
 def test_other_clean_sets_sit_beside_the_default_and_stay_out_of_the_variants():
     from make_results import asked_systems, clean_sets_section
 

@@ -616,7 +616,8 @@ def seeds_section(runs: List[Dict], docs: Path) -> List[str]:
         lines += table(["system", *[f"{s} BLEU" for s in SETS], "train min", "detection AUC"],
                        rows) + [""]  # fmt: skip
         pairs = [("gglm", "baseline"), ("gglm", "baseline-long"), ("filtered", "baseline"),
-                 ("gglm", "filtered"), ("finetune-gglm", "finetune"),
+                 ("gglm", "filtered"), ("filtered", "finetune"), ("filtered", CHOSEN["finetune"]),
+                 ("finetune-gglm", "finetune"),
                  ("gglm", "finetune"), ("gglm", CHOSEN["finetune"]), (KEEP_TOKENS, "baseline"),
                  (KEEP_TOKENS, "gglm"), (KEEP_TOKENS, EQUAL_CANDIDATES),
                  (KEEP_TOKENS, LARGE_BASELINE), (EQUAL_CANDIDATES, LARGE_BASELINE),
